@@ -1,0 +1,147 @@
+"""Reading the released SAM2-OCT checkpoints and building the model from them, strictly.
+
+Every way a file can be the wrong one fails here, at load time, naming the file and the keys:
+never run with random or cloned weights.
+"""
+
+import pickle
+import zipfile
+from importlib import resources
+from pathlib import Path
+
+import torch
+from hydra.utils import instantiate
+from omegaconf import OmegaConf
+
+from sam2oct.errors import CheckpointError
+from sam2oct.modeling.semantic_sam2 import SEMANTIC_OVERRIDES, SemanticSAM2
+
+DEFAULT_CONFIG = "configs/sam2.1/sam2.1_hiera_b+.yaml"  # inside the sam2 package
+MASK_TOKENS_KEY = "sam_mask_decoder.mask_tokens.weight"
+CLASS_EMBED_KEY = "sam_prompt_encoder.class_embeddings.weight"
+_WEIGHT_CONTAINERS = ("model_state", "model", "model_state_dict")
+# Modules of SAM2Base that the single-image forward pass never touches; trainers may drop them.
+_UNUSED_PREFIXES = (
+    "memory_attention.", "memory_encoder.", "maskmem_tpos_enc", "no_mem_pos_enc", "obj_ptr_proj.",
+    "obj_ptr_tpos_proj.", "mask_downsample.", "no_obj_embed_spatial", "no_obj_ptr",
+    "sam_mask_decoder.upscale_residual_proj.", "sam_mask_decoder.upscale_post_add_proj.",
+)
+
+
+def _keys(keys, limit=8) -> str:
+    keys = sorted(keys)
+    more = f" ... and {len(keys) - limit} more" if len(keys) > limit else ""
+    return ", ".join(keys[:limit]) + more
+
+
+def read_state_dict(path) -> dict:
+    """Load the weights of a checkpoint file without unpickling anything but tensors."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint file not found: {path}")
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except pickle.UnpicklingError as exc:
+        raise CheckpointError(
+            f"{path}: refused to load: it holds Python objects other than weights "
+            f"(loading uses weights_only=True). Detail: {str(exc).splitlines()[0]}"
+        ) from exc
+    except (RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile) as exc:
+        raise CheckpointError(
+            f"{path}: not a readable PyTorch checkpoint (truncated download or another file type?): "
+            f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}"
+        ) from exc
+    return extract_state_dict(obj, path)
+
+
+def extract_state_dict(obj, path="checkpoint") -> dict:
+    """Find the weights in a training checkpoint dict; strip DistributedDataParallel's prefix."""
+    if not isinstance(obj, dict):
+        raise CheckpointError(f"{path}: holds a {type(obj).__name__}, not a dict of weights")
+    sd = next((obj[k] for k in _WEIGHT_CONTAINERS if isinstance(obj.get(k), dict)), obj)
+    tensors = {k: v for k, v in sd.items() if isinstance(k, str) and isinstance(v, torch.Tensor)}
+    if not tensors:
+        raise CheckpointError(
+            f"{path}: no weights found (top-level keys: {_keys(map(str, obj))}); expected a state dict "
+            f"or one under {', '.join(_WEIGHT_CONTAINERS)}"
+        )
+    return {k.removeprefix("module."): v for k, v in tensors.items()}
+
+
+def num_classes_of(sd: dict, path="checkpoint") -> int:
+    """K, from the mask tokens; refuses the model variants this package does not implement."""
+    if any("class_queries" in k for k in sd):
+        raise CheckpointError(
+            f"{path}: has class_queries ({_keys(k for k in sd if 'class_queries' in k)}): this is the "
+            f"DCE decoder variant, not the released SAM2-OCT semantic decoder"
+        )
+    if any(k.startswith("sam_mask_decoders.") for k in sd):
+        raise CheckpointError(
+            f"{path}: has sam_mask_decoders.* keys: this is the multi-decoder variant, not the released "
+            f"SAM2-OCT single semantic decoder"
+        )
+    if MASK_TOKENS_KEY not in sd:
+        raise CheckpointError(f"{path}: no {MASK_TOKENS_KEY}: not a SAM 2 / SAM2-OCT checkpoint")
+    if CLASS_EMBED_KEY not in sd:
+        raise CheckpointError(
+            f"{path}: a plain SAM 2 checkpoint (no {CLASS_EMBED_KEY}, no semantic head); use a SAM2-OCT "
+            f"checkpoint (python -m sam2oct download nr206|mgu|mgu_prompted)"
+        )
+    return int(sd[MASK_TOKENS_KEY].shape[0])
+
+
+def load_config(config=None):
+    """The hydra model config: sam2's SAM 2.1 Hiera Base+ by default, or a YAML file path."""
+    if config is None or str(config) == DEFAULT_CONFIG:
+        text = resources.files("sam2").joinpath(DEFAULT_CONFIG).read_text()
+        name = f"sam2/{DEFAULT_CONFIG}"
+    else:
+        path = Path(config)
+        if not path.is_file():
+            raise CheckpointError(f"model config file not found: {path} (SAM2_CONFIG)")
+        text, name = path.read_text(), str(path)
+    try:
+        cfg = OmegaConf.create(text)
+        model_cfg = cfg.model
+    except Exception as exc:
+        raise CheckpointError(f"{name}: not a SAM 2 model config: {exc}") from exc
+    return model_cfg
+
+
+def build_model(num_classes: int, config=None) -> SemanticSAM2:
+    """Build the network (random weights) for K classes from a SAM 2 config."""
+    cfg = load_config(config)
+    cfg._target_ = f"{SemanticSAM2.__module__}.{SemanticSAM2.__qualname__}"
+    for key, value in SEMANTIC_OVERRIDES.items():
+        cfg[key] = value
+    cfg.pop("sam_mask_decoder_extra_args", None)
+    return instantiate(cfg, num_classes=num_classes, _recursive_=True)
+
+
+def check_state_dict(model: torch.nn.Module, sd: dict, path="checkpoint") -> None:
+    """Every weight the forward pass uses must be there with its shape; nothing foreign may be."""
+    expected = model.state_dict()
+    used = {k for k in expected if not k.startswith(_UNUSED_PREFIXES)}
+    missing = used - sd.keys()
+    if missing:
+        raise CheckpointError(f"{path}: missing {len(missing)} weights the model uses: {_keys(missing)}")
+    wrong = [f"{k} {tuple(sd[k].shape)} != {tuple(v.shape)}" for k, v in expected.items()
+             if k in sd and sd[k].shape != v.shape]
+    if wrong:
+        raise CheckpointError(
+            f"{path}: {len(wrong)} weights have the wrong shape for this config (another SAM 2 size? "
+            f"set SAM2_CONFIG): {_keys(wrong, 5)}"
+        )
+    unknown = sd.keys() - expected.keys()
+    if unknown:
+        raise CheckpointError(f"{path}: {len(unknown)} weights this model does not have: {_keys(unknown)}")
+
+
+def load_model(path, config=None, device="cpu") -> SemanticSAM2:
+    """Read, validate and load a SAM2-OCT checkpoint; returns the model in eval mode on `device`."""
+    sd = read_state_dict(path)
+    k = num_classes_of(sd, path)
+    model = build_model(k, config)
+    check_state_dict(model, sd, path)
+    model.load_state_dict(sd, strict=False)
+    return model.to(device).eval()
