@@ -18,6 +18,7 @@ class Prediction:
     low_res_logits: torch.Tensor  # [K, h, w] float32 on the CPU, model space
     ious: np.ndarray  # [K] the model's IoU estimate per class
     label_map: np.ndarray  # [H, W] uint8 class index per image pixel
+    confidence: np.ndarray  # [H, W] float32 softmax probability of that class
 
 
 @dataclass
@@ -138,11 +139,13 @@ class SemanticPredictor:
                 dense,
             )
             low_res = low_res.float()
-            label_map = geo.raster_to_image(low_res).argmax(dim=1)[0]
+            probs = torch.softmax(geo.raster_to_image(low_res), dim=1)[0]
+            confidence, label_map = probs.max(dim=0)
         prediction = Prediction(
             low_res_logits=low_res[0].cpu(),
             ious=ious[0].float().cpu().numpy(),
             label_map=label_map.to(torch.uint8).cpu().numpy(),
+            confidence=confidence.cpu().numpy(),
         )
         if unprompted:
             encoded.unprompted = prediction

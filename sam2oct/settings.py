@@ -20,7 +20,8 @@ ENV_VARS = {
     "SAM2OCT_LABEL_STYLE": ("names", "names (profile class names) or index (OCT_Object_<k>, the CVAT-OCT fork)"),
     "SAM2OCT_PRECISION": ("auto", "auto (bf16 autocast on CUDA, fp32 on CPU), bf16 or fp32"),
     "SAM2OCT_MAX_PIXELS": (str(DEFAULT_MAX_PIXELS), "largest image accepted, in pixels (decompression-bomb guard)"),
-    "SAM2OCT_MAX_POINTS": ("64", "most clicks accepted in one request"),
+    "SAM2OCT_MAX_IMAGE_BYTES": (str(32 << 20), "largest image file accepted, in bytes (before base64)"),
+    "SAM2OCT_MAX_POINTS": ("64", "most clicks (and brush masks) accepted in one request"),
     "SAM2OCT_SIMPLIFY": ("1.0", "polygon simplification tolerance in pixels (0 keeps every pixel corner)"),
     "SAM2OCT_MIN_AREA": ("16", "regions smaller than this many pixels merge into their surroundings"),
     "SAM2OCT_WARMUP": ("1", "1 runs one dummy request at start-up so the first click is fast"),
@@ -69,6 +70,7 @@ class Settings:
     label_style: str
     precision: str
     max_pixels: int
+    max_image_bytes: int
     max_points: int
     simplify: float
     min_area: int
@@ -92,6 +94,7 @@ class Settings:
             label_style=_choice(env, "SAM2OCT_LABEL_STYLE", ("names", "index")),
             precision=_choice(env, "SAM2OCT_PRECISION", ("auto", "bf16", "fp32")),
             max_pixels=_int(env, "SAM2OCT_MAX_PIXELS", 1, 1 << 31),
+            max_image_bytes=_int(env, "SAM2OCT_MAX_IMAGE_BYTES", 1, 1 << 31),
             max_points=_int(env, "SAM2OCT_MAX_POINTS", 1, 100_000),
             simplify=_float(env, "SAM2OCT_SIMPLIFY", 0.0, 100.0),
             min_area=_int(env, "SAM2OCT_MIN_AREA", 0, 1 << 31),

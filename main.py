@@ -1,0 +1,48 @@
+"""Nuclio entry points: one ModelHandler per worker, JSON in, JSON out, never an escaping exception."""
+
+import json
+import traceback
+
+from model_handler import ModelHandler
+from sam2oct.errors import RequestError
+from sam2oct.settings import Settings
+
+try:  # a CUDA out-of-memory error is its own class from torch 2.5 on
+    from torch import OutOfMemoryError
+except ImportError:  # pragma: no cover
+    from torch.cuda import OutOfMemoryError
+
+
+def init_context(context):
+    context.logger.info("sam2-oct: loading the model")
+    try:
+        handler = ModelHandler(Settings.from_env())
+    except Exception as exc:
+        # Said once, plainly; the worker then dies and Nuclio restarts it (restartPolicy).
+        context.logger.error(f"sam2-oct: cannot start: {exc}")
+        raise
+    context.user_data.model = handler
+    p = handler.profile
+    context.logger.info(f"sam2-oct: ready: profile {p.name}, {p.num_classes} classes, "
+                        f"device {handler.predictor.device}, mode {handler.settings.mode}")
+
+
+def _reply(context, status, obj):
+    return context.Response(body=json.dumps(obj), headers={}, content_type="application/json",
+                            status_code=status)
+
+
+def handler(context, event):
+    model = context.user_data.model
+    try:
+        return _reply(context, 200, model.infer(event.body))
+    except RequestError as exc:
+        context.logger.warn(f"sam2-oct: refused ({exc.status}): {exc}")
+        return _reply(context, exc.status, {"error": str(exc)})
+    except (OutOfMemoryError, MemoryError):
+        model.release_memory()
+        context.logger.error("sam2-oct: out of memory; cache cleared")
+        return _reply(context, 503, {"error": "the device ran out of memory; try again"})
+    except Exception as exc:  # an internal fault: log it, answer 500, keep serving
+        context.logger.error(f"sam2-oct: internal error: {traceback.format_exc()}")
+        return _reply(context, 500, {"error": f"internal error: {type(exc).__name__}"})
