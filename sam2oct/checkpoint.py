@@ -4,6 +4,8 @@ Every way a file can be the wrong one fails here, at load time, naming the file 
 never run with random or cloned weights.
 """
 
+import hashlib
+import json
 import pickle
 import zipfile
 from importlib import resources
@@ -16,6 +18,7 @@ from omegaconf import OmegaConf
 from sam2oct.errors import CheckpointError
 from sam2oct.modeling.semantic_sam2 import SEMANTIC_OVERRIDES, SemanticSAM2
 
+CHECKSUMS_NAME = "checksums.json"  # written by `python -m sam2oct download`
 DEFAULT_CONFIG = "configs/sam2.1/sam2.1_hiera_b+.yaml"  # inside the sam2 package
 MASK_TOKENS_KEY = "sam_mask_decoder.mask_tokens.weight"
 CLASS_EMBED_KEY = "sam_prompt_encoder.class_embeddings.weight"
@@ -137,8 +140,53 @@ def check_state_dict(model: torch.nn.Module, sd: dict, path="checkpoint") -> Non
         raise CheckpointError(f"{path}: {len(unknown)} weights this model does not have: {_keys(unknown)}")
 
 
+def sha256_of(path, chunk=1 << 22) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def checksums_file_for(path) -> Path | None:
+    """models/checksums.json beside the checkpoint or one folder up (models/<profile>/file.pt)."""
+    path = Path(path).resolve()
+    for folder in (path.parent, path.parent.parent):
+        candidate = folder / CHECKSUMS_NAME
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def read_checksums(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text()) if path.is_file() else {}
+    except (OSError, json.JSONDecodeError) as exc:
+        raise CheckpointError(f"{path}: unreadable checksum record: {exc}") from exc
+
+
+def verify_recorded_checksum(path) -> bool:
+    """Refuse a checkpoint whose sha256 no longer matches the one recorded when it was fetched.
+    Returns False when no record covers the file (nothing to check), True when it matched."""
+    record_file = checksums_file_for(path)
+    if record_file is None:
+        return False
+    path = Path(path).resolve()
+    entry = read_checksums(record_file).get(path.relative_to(record_file.parent.resolve()).as_posix())
+    if entry is None:
+        return False
+    actual = sha256_of(path)
+    if actual != entry["sha256"]:
+        raise CheckpointError(
+            f"{path}: sha256 {actual} does not match {entry['sha256']} recorded in {record_file} "
+            f"when it was downloaded: the file changed; download it again"
+        )
+    return True
+
+
 def load_model(path, config=None, device="cpu") -> SemanticSAM2:
     """Read, validate and load a SAM2-OCT checkpoint; returns the model in eval mode on `device`."""
+    verify_recorded_checksum(path)
     sd = read_state_dict(path)
     k = num_classes_of(sd, path)
     model = build_model(k, config)

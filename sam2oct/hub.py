@@ -1,0 +1,83 @@
+"""Fetching the released checkpoints from the Hugging Face hub, verified before use.
+
+A download is pinned to a commit, checked against the hub's published sha256, load-checked
+as the expected profile, and only then moved into place; its digest is recorded in
+models/checksums.json so that a file changed later is refused at load time.
+"""
+
+import json
+import shutil
+import tempfile
+from pathlib import Path
+
+import torch
+
+from sam2oct.checkpoint import (
+    CHECKSUMS_NAME, build_model, check_state_dict, num_classes_of, read_checksums, read_state_dict, sha256_of,
+)
+from sam2oct.errors import CheckpointError
+from sam2oct.profiles import HF_REPO, PROFILES
+
+# The hub revision downloads use unless told otherwise. The first download records the
+# commit this resolved to in models/checksums.json, and later downloads reuse that commit.
+HF_REVISION = "main"
+
+
+def check_profile_file(path, profile_name: str) -> None:
+    """The load check: the file must be a complete checkpoint of the profile's class count."""
+    profile = PROFILES[profile_name]
+    sd = read_state_dict(path)
+    k = num_classes_of(sd, path)
+    if k != profile.num_classes:
+        raise CheckpointError(f"{path}: has {k} classes, but profile {profile_name} has {profile.num_classes}")
+    check_state_dict(build_model(k), sd, path)
+
+
+def download(profile_name: str, models_dir="models", revision: str | None = None, api=None) -> Path:
+    """Download one profile's checkpoint into models_dir/<profile>/ and record its digest."""
+    from huggingface_hub import HfApi, hf_hub_download
+
+    profile = PROFILES[profile_name]
+    models_dir = Path(models_dir)
+    record_file = models_dir / CHECKSUMS_NAME
+    records = read_checksums(record_file)
+    key = f"{profile_name}/{Path(profile.hf_filename).name}"
+    api = api or HfApi()
+    revision = revision or records.get(key, {}).get("revision") or HF_REVISION
+    commit = api.model_info(HF_REPO, revision=revision).sha  # pin: a branch name moves, a commit does not
+    (info,) = api.get_paths_info(HF_REPO, [profile.hf_filename], revision=commit, expand=True)
+    expected = info.lfs.sha256 if info.lfs else None
+    if not expected:
+        raise CheckpointError(f"the hub publishes no sha256 for {HF_REPO}/{profile.hf_filename}@{commit}")
+
+    target = models_dir / key
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=target.parent, prefix=".partial-") as tmp:
+        fetched = Path(hf_hub_download(HF_REPO, profile.hf_filename, revision=commit, local_dir=tmp))
+        actual = sha256_of(fetched)
+        if actual != expected:
+            raise CheckpointError(
+                f"{profile.hf_filename}: sha256 {actual} != {expected} published by the hub; the partial "
+                f"file was deleted"
+            )
+        try:
+            check_profile_file(fetched, profile_name)
+        except CheckpointError as exc:
+            raise CheckpointError(f"downloaded file failed the load check and was deleted: {exc}") from exc
+        shutil.move(fetched, target)
+    records[key] = {"sha256": actual, "repo": HF_REPO, "filename": profile.hf_filename, "revision": commit}
+    record_file.write_text(json.dumps(records, indent=2, sort_keys=True) + "\n")
+    return target
+
+
+def convert(src, dst, config=None) -> dict:
+    """Write a slim, weights-only copy (no optimizer state) that loads faster."""
+    sd = read_state_dict(src)
+    k = num_classes_of(sd, src)
+    check_state_dict(build_model(k, config), sd, src)
+    dst = Path(dst)
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dst.with_name(dst.name + ".partial")
+    torch.save({"model_state": {name: t.contiguous().clone() for name, t in sd.items()}}, tmp)
+    tmp.replace(dst)
+    return {"num_classes": k, "tensors": len(sd), "bytes": dst.stat().st_size}
