@@ -45,9 +45,12 @@ def read_state_dict(path) -> dict:
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     except pickle.UnpicklingError as exc:
+        # Name the refused global (torch puts it on a later line of its message).
+        lines = str(exc).splitlines() or [type(exc).__name__]
+        detail = next((line.strip() for line in lines if "GLOBAL" in line), lines[0])
         raise CheckpointError(
             f"{path}: refused to load: it holds Python objects other than weights "
-            f"(loading uses weights_only=True). Detail: {str(exc).splitlines()[0]}"
+            f"(loading uses weights_only=True). Detail: {detail}"
         ) from exc
     except (RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile) as exc:
         raise CheckpointError(
@@ -80,8 +83,8 @@ def num_classes_of(sd: dict, path="checkpoint") -> int:
         )
     if any(k.startswith("sam_mask_decoders.") for k in sd):
         raise CheckpointError(
-            f"{path}: has sam_mask_decoders.* keys: this is the multi-decoder variant, not the released "
-            f"SAM2-OCT single semantic decoder"
+            f"{path}: has sam_mask_decoders.* keys ({_keys(k for k in sd if k.startswith('sam_mask_decoders.'))}): "
+            f"this is the multi-decoder variant, not the released SAM2-OCT single semantic decoder"
         )
     if MASK_TOKENS_KEY not in sd:
         raise CheckpointError(f"{path}: no {MASK_TOKENS_KEY}: not a SAM 2 / SAM2-OCT checkpoint")

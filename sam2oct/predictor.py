@@ -102,16 +102,19 @@ class SemanticPredictor:
     def encode(self, gray: np.ndarray) -> EncodedImage:
         """Grey [H,W] in [0,1] -> features, from the cache when this exact frame was seen."""
         key = image_digest(gray, self.preprocess)
-        cached = self.cache.get(key)
-        if cached is not None:
-            return cached
-        geometry = FrameGeometry.for_image(*gray.shape, size=self.model.image_size, mode=self.preprocess)
-        with self._lock, torch.inference_mode(), self._autocast():
-            x = model_input(gray, geometry).to(self.device)
-            self.encoder_calls += 1
-            features = self.model.encode_image(x)
-        encoded = EncodedImage(key, geometry, features)
-        self.cache.put(key, encoded)
+        # Look up under the model lock: a thread that waited for another's encode of the same
+        # frame then finds it cached instead of encoding it again.
+        with self._lock:
+            cached = self.cache.get(key)
+            if cached is not None:
+                return cached
+            geometry = FrameGeometry.for_image(*gray.shape, size=self.model.image_size, mode=self.preprocess)
+            with torch.inference_mode(), self._autocast():
+                x = model_input(gray, geometry).to(self.device)
+                self.encoder_calls += 1
+                features = self.model.encode_image(x)
+            encoded = EncodedImage(key, geometry, features)
+            self.cache.put(key, encoded)
         return encoded
 
     def decode(self, encoded: EncodedImage, points=None, labels=None, box=None, dense_labels=None) -> Prediction:
