@@ -34,6 +34,8 @@ class ModelHandler:
         if not settings.checkpoint:
             raise ConfigError(f"SAM2_CHECKPOINT is not set: point it at a SAM2-OCT checkpoint; {DOWNLOAD_HINT}")
         device = resolve_device(settings.device)
+        if settings.torch_threads:
+            torch.set_num_threads(settings.torch_threads)
         try:
             model = load_model(settings.checkpoint, settings.config, device)
         except CheckpointError as exc:

@@ -42,8 +42,10 @@ def read_state_dict(path) -> dict:
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint file not found: {path}")
+    # mmap keeps an 880 MB file out of RAM until the weights are copied into the model; files in
+    # torch's legacy (pre-zip) format cannot be mapped, so only a zip archive is mapped.
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        obj = torch.load(path, map_location="cpu", weights_only=True, mmap=zipfile.is_zipfile(path))
     except pickle.UnpicklingError as exc:
         # Name the refused global (torch puts it on a later line of its message).
         lines = str(exc).splitlines() or [type(exc).__name__]

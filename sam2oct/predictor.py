@@ -131,6 +131,8 @@ class SemanticPredictor:
         with self._lock, torch.inference_mode(), self._autocast():
             dense = None
             if dense_labels is not None:
+                if np.shape(dense_labels) != (geo.height, geo.width):
+                    raise ValueError(f"dense_labels is {np.shape(dense_labels)}, the image {(geo.height, geo.width)}")
                 pe = self.model.sam_prompt_encoder
                 lab = torch.as_tensor(np.asarray(dense_labels), dtype=torch.long)[None]
                 logits = pe.class_label_logits(lab)

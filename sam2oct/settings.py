@@ -24,6 +24,7 @@ ENV_VARS = {
     "SAM2OCT_MAX_POINTS": ("64", "most clicks (and brush masks) accepted in one request"),
     "SAM2OCT_SIMPLIFY": ("1.0", "polygon simplification tolerance in pixels (0 keeps every pixel corner)"),
     "SAM2OCT_MIN_AREA": ("16", "regions smaller than this many pixels merge into their surroundings"),
+    "SAM2OCT_TORCH_THREADS": ("0", "CPU threads torch may use (0 = torch's default, one per core)"),
     "SAM2OCT_WARMUP": ("1", "1 runs one dummy request at start-up so the first click is fast"),
 }
 
@@ -74,6 +75,7 @@ class Settings:
     max_points: int
     simplify: float
     min_area: int
+    torch_threads: int
     warmup: bool
 
     @classmethod
@@ -98,5 +100,6 @@ class Settings:
             max_points=_int(env, "SAM2OCT_MAX_POINTS", 1, 100_000),
             simplify=_float(env, "SAM2OCT_SIMPLIFY", 0.0, 100.0),
             min_area=_int(env, "SAM2OCT_MIN_AREA", 0, 1 << 31),
+            torch_threads=_int(env, "SAM2OCT_TORCH_THREADS", 0, 1024),
             warmup=_choice(env, "SAM2OCT_WARMUP", ("0", "1")) == "1",
         )

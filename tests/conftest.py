@@ -22,3 +22,8 @@ def tiny_model():
 @pytest.fixture(scope="session")
 def tiny_npz():
     return np.load(PARITY_DIR / "tiny_k9.npz")
+
+
+# List the parity fixtures in pytest's header (test_parity.py also prints a "parity fixtures
+# ran" section in the summary, which -q shows).
+from parity_fixtures import pytest_report_header  # noqa: E402,F401
