@@ -1,0 +1,174 @@
+"""CVAT mask encodings: hand-checked examples, spec-based reference decoders, validation."""
+
+import json
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.extra.numpy import arrays
+
+from sam2oct.errors import RequestError
+from sam2oct.masks import from_cvat_rle, to_cvat_rle, to_detector, to_interactor
+
+# Reference decoders written from the CVAT spec, independent of the code under test.
+
+
+def decode_interactor(reply, height, width):
+    xtl, ytl, xbr, ybr = reply["bounds"]
+    crop = np.array(reply["mask"])
+    assert crop.shape == (ybr - ytl + 1, xbr - xtl + 1)
+    out = np.zeros((height, width), bool)
+    out[ytl:ybr + 1, xtl:xbr + 1] = crop != 0
+    return out
+
+
+def decode_detector(values, height, width):
+    xtl, ytl, xbr, ybr = values[-4:]
+    out = np.zeros((height, width), bool)
+    out[ytl:ybr + 1, xtl:xbr + 1] = np.array(values[:-4]).reshape(ybr - ytl + 1, xbr - xtl + 1) != 0
+    return out
+
+
+def decode_rle(values, height, width):
+    x1, y1, x2, y2 = values[-4:]
+    flat, value = [], False
+    for run in values[:-4]:  # zero run first, then alternating
+        flat += [value] * run
+        value = not value
+    out = np.zeros((height, width), bool)
+    out[y1:y2 + 1, x1:x2 + 1] = np.array(flat).reshape(y2 - y1 + 1, x2 - x1 + 1)
+    return out
+
+
+def plain_ints(values):
+    return all(type(v) is int for v in values)
+
+
+EXAMPLE = np.array([
+    [0, 0, 0, 0, 0],
+    [0, 1, 1, 0, 0],
+    [0, 0, 1, 0, 0],
+    [0, 0, 0, 0, 0],
+], bool)
+
+
+def test_hand_checked_example():
+    assert to_interactor(EXAMPLE) == {"mask": [[1, 1], [0, 1]], "bounds": [1, 1, 2, 2]}
+    assert to_detector(EXAMPLE) == [255, 255, 0, 255, 1, 1, 2, 2]
+    # first pixel of the box is set, so the leading zero run is empty
+    assert to_cvat_rle(EXAMPLE) == [0, 2, 1, 1, 1, 1, 2, 2]
+    # the inverse's box is the whole 5x4 image; rows 11111 10011 11011 11111
+    assert to_cvat_rle(~EXAMPLE) == [0, 6, 2, 4, 1, 7, 0, 0, 4, 3]
+
+
+def test_rle_decodes_cvat_example_with_float_values():
+    # CVAT stores shape points as floats; a 2x2 box with an L-shape
+    mask = from_cvat_rle([1.0, 3.0, 3.0, 2.0, 4.0, 3.0], 5, 6)
+    expected = np.zeros((5, 6), bool)
+    expected[2, 4] = expected[3, 3] = expected[3, 4] = True
+    assert (mask == expected).all()
+
+
+CASES = {
+    "single pixel top-left": [(0, 0)],
+    "single pixel bottom-right": [(6, 8)],
+    "two corners": [(0, 0), (6, 8)],
+    "left column": [(y, 0) for y in range(7)],
+    "bottom row": [(6, x) for x in range(9)],
+}
+
+
+@pytest.mark.parametrize("name", CASES)
+def test_round_trips_at_image_border(name):
+    mask = np.zeros((7, 9), bool)
+    for y, x in CASES[name]:
+        mask[y, x] = True
+    _check_round_trips(mask)
+
+
+def test_full_image_round_trips():
+    mask = np.ones((3, 4), bool)
+    assert to_cvat_rle(mask) == [0, 12, 0, 0, 3, 2]
+    assert to_interactor(mask)["bounds"] == [0, 0, 3, 2]
+    _check_round_trips(mask)
+
+
+def test_non_bool_masks_use_non_zero_as_set():
+    mask = np.zeros((4, 4), np.uint8)
+    mask[1:3, 2] = 7
+    assert to_interactor(mask) == {"mask": [[1], [1]], "bounds": [2, 1, 2, 2]}
+    assert to_detector(mask.astype(np.float32)) == [255, 255, 2, 1, 2, 2]
+
+
+@pytest.mark.parametrize("encode", [to_interactor, to_detector, to_cvat_rle])
+def test_empty_mask_cannot_be_encoded(encode):
+    with pytest.raises(ValueError, match="empty"):
+        encode(np.zeros((3, 3), bool))
+
+
+@pytest.mark.parametrize("encode", [to_interactor, to_detector, to_cvat_rle])
+def test_encoders_want_2d(encode):
+    with pytest.raises(ValueError, match="2-D"):
+        encode(np.ones((2, 2, 1), bool))
+
+
+def test_all_zero_runs_decode_to_empty_mask():
+    assert not from_cvat_rle([6, 1, 1, 3, 2], 4, 5).any()
+
+
+BAD_RLE = {
+    "not a list": ("1,2,3", "list of numbers"),
+    "too short": ([0, 0, 0, 0], "run lengths and a box"),
+    "too long": ([0] * 30 + [0, 0, 1, 1], "run lengths and a box"),
+    "strings": (["1", "0", "0", "0", "0"], "flat list of numbers"),
+    "nested": ([[1], [0], [0], [0], [0]], "flat list of numbers"),
+    "booleans": ([True, 0, 0, 0, 0], "flat list of numbers"),
+    "fraction": ([0.5, 0.5, 0, 0, 0, 0], "whole numbers"),
+    "nan": ([float("nan"), 0, 0, 0, 0], "whole numbers"),
+    "huge": ([1e30, 0, 0, 0, 0], "larger than"),
+    "negative run": ([-1, 2, 0, 0, 0, 0], "negative"),
+    "runs short": ([1, 2, 0, 0, 1, 1], "add up to 3, but the box holds 4"),
+    "runs long": ([1, 4, 0, 0, 1, 1], "add up to 5, but the box holds 4"),
+    "x2 < x1": ([1, 2, 1, 0, 0, 1], "inverted"),
+    "y2 < y1": ([1, 0, 1, 0, 0], "inverted"),
+    "left of image": ([2, -1, 0, 0, 0], "outside the 5x4 image"),
+    "right of image": ([2, 4, 0, 5, 0], "outside the 5x4 image"),
+    "below image": ([2, 0, 3, 0, 4], "outside the 5x4 image"),
+}
+
+
+@pytest.mark.parametrize("name", BAD_RLE)
+def test_malformed_rle_is_refused(name):
+    points, message = BAD_RLE[name]
+    with pytest.raises(RequestError, match=message) as caught:
+        from_cvat_rle(points, 4, 5)
+    assert caught.value.status == 400
+
+
+def _check_round_trips(mask):
+    height, width = mask.shape
+    interactor, detector, rle = to_interactor(mask), to_detector(mask), to_cvat_rle(mask)
+    json.dumps([interactor, detector, rle])  # plain JSON types only
+    assert all(plain_ints(row) for row in interactor["mask"]) and set(np.ravel(interactor["mask"])) <= {0, 1}
+    assert plain_ints(interactor["bounds"]) and plain_ints(detector) and plain_ints(rle)
+    assert set(detector[:-4]) <= {0, 255}
+    assert rle[0] >= 0 and all(run > 0 for run in rle[1:-4])  # only the leading zero run may be empty
+    assert (decode_interactor(interactor, height, width) == mask).all()
+    assert (decode_detector(detector, height, width) == mask).all()
+    assert (decode_rle(rle, height, width) == mask).all()
+    assert (from_cvat_rle(rle, height, width) == mask).all()
+    # the box is tight: every edge of it holds a set pixel
+    xtl, ytl, xbr, ybr = interactor["bounds"]
+    assert mask[ytl].any() and mask[ybr].any() and mask[:, xtl].any() and mask[:, xbr].any()
+    assert detector[-4:] == rle[-4:] == [xtl, ytl, xbr, ybr]
+
+
+@settings(max_examples=150, deadline=None)
+@given(arrays(np.bool_, st.tuples(st.integers(1, 16), st.integers(1, 16))))
+def test_random_masks_round_trip(mask):
+    if mask.any():
+        _check_round_trips(mask)
+    else:
+        with pytest.raises(ValueError):
+            to_cvat_rle(mask)
