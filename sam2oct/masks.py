@@ -4,7 +4,7 @@ All boxes are ``[xtl, ytl, xbr, ybr]`` with *inclusive* pixel indices, and all
 values are plain Python ints (CVAT's server does arithmetic on them that
 booleans break).  Encoders take a full-image 2-D mask (non-zero = set) and
 refuse an empty mask with ``ValueError``: none of these formats can express one,
-so the caller decides what an empty result means.  ``from_cvat_rle`` reads what
+so the caller decides what an empty result means.  ``decode_cvat_rle`` reads what
 a client sends and refuses malformed input with ``RequestError``.
 """
 
@@ -14,22 +14,22 @@ import numpy as np
 
 from sam2oct.errors import RequestError
 
-__all__ = ["to_interactor", "to_detector", "to_cvat_rle", "from_cvat_rle"]
+__all__ = ["to_interactor_crop", "to_detector_mask", "encode_cvat_rle", "decode_cvat_rle"]
 
 
-def to_interactor(mask):
-    """Interactor reply parts ``{"mask": [[0/1, ...], ...], "bounds": [xtl, ytl, xbr, ybr]}``: the crop of the box."""
+def to_interactor_crop(mask):
+    """Interactor reply ``mask`` and ``bounds``: ``([[0/1, ...], ...], [xtl, ytl, xbr, ybr])``, the crop of the box."""
     crop, box = _crop(mask)
-    return {"mask": crop.astype(np.uint8).tolist(), "bounds": box}
+    return crop.astype(np.uint8).tolist(), box
 
 
-def to_detector(mask):
+def to_detector_mask(mask):
     """Detector ``mask`` field: the box's 0/255 bitmap, row-major and flattened, then ``[xtl, ytl, xbr, ybr]``."""
     crop, box = _crop(mask)
     return (crop.astype(np.uint8) * 255).ravel().tolist() + box
 
 
-def to_cvat_rle(mask):
+def encode_cvat_rle(mask):
     """CVAT's stored mask format (what ``cvat_sdk.masks.encode_mask`` gives): run lengths over the
     box, row-major, starting with a run of unset pixels (0 if the first is set), then ``[x1, y1, x2, y2]``."""
     crop, box = _crop(mask)
@@ -41,7 +41,7 @@ def to_cvat_rle(mask):
     return runs.tolist() + box
 
 
-def from_cvat_rle(points, height, width):
+def decode_cvat_rle(points, height, width):
     """Decode CVAT run lengths + inclusive box into a ``(height, width)`` bool mask.
 
     Refuses with ``RequestError`` (400) anything but numbers, a box outside the

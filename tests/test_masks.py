@@ -9,14 +9,14 @@ from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
 from sam2oct.errors import RequestError
-from sam2oct.masks import from_cvat_rle, to_cvat_rle, to_detector, to_interactor
+from sam2oct.masks import decode_cvat_rle, encode_cvat_rle, to_detector_mask, to_interactor_crop
 
 # Reference decoders written from the CVAT spec, independent of the code under test.
 
 
-def decode_interactor(reply, height, width):
-    xtl, ytl, xbr, ybr = reply["bounds"]
-    crop = np.array(reply["mask"])
+def decode_interactor(crop, bounds, height, width):
+    xtl, ytl, xbr, ybr = bounds
+    crop = np.array(crop)
     assert crop.shape == (ybr - ytl + 1, xbr - xtl + 1)
     out = np.zeros((height, width), bool)
     out[ytl:ybr + 1, xtl:xbr + 1] = crop != 0
@@ -54,17 +54,17 @@ EXAMPLE = np.array([
 
 
 def test_hand_checked_example():
-    assert to_interactor(EXAMPLE) == {"mask": [[1, 1], [0, 1]], "bounds": [1, 1, 2, 2]}
-    assert to_detector(EXAMPLE) == [255, 255, 0, 255, 1, 1, 2, 2]
+    assert to_interactor_crop(EXAMPLE) == ([[1, 1], [0, 1]], [1, 1, 2, 2])
+    assert to_detector_mask(EXAMPLE) == [255, 255, 0, 255, 1, 1, 2, 2]
     # first pixel of the box is set, so the leading zero run is empty
-    assert to_cvat_rle(EXAMPLE) == [0, 2, 1, 1, 1, 1, 2, 2]
+    assert encode_cvat_rle(EXAMPLE) == [0, 2, 1, 1, 1, 1, 2, 2]
     # the inverse's box is the whole 5x4 image; rows 11111 10011 11011 11111
-    assert to_cvat_rle(~EXAMPLE) == [0, 6, 2, 4, 1, 7, 0, 0, 4, 3]
+    assert encode_cvat_rle(~EXAMPLE) == [0, 6, 2, 4, 1, 7, 0, 0, 4, 3]
 
 
 def test_rle_decodes_cvat_example_with_float_values():
     # CVAT stores shape points as floats; a 2x2 box with an L-shape
-    mask = from_cvat_rle([1.0, 3.0, 3.0, 2.0, 4.0, 3.0], 5, 6)
+    mask = decode_cvat_rle([1.0, 3.0, 3.0, 2.0, 4.0, 3.0], 5, 6)
     expected = np.zeros((5, 6), bool)
     expected[2, 4] = expected[3, 3] = expected[3, 4] = True
     assert (mask == expected).all()
@@ -89,32 +89,32 @@ def test_round_trips_at_image_border(name):
 
 def test_full_image_round_trips():
     mask = np.ones((3, 4), bool)
-    assert to_cvat_rle(mask) == [0, 12, 0, 0, 3, 2]
-    assert to_interactor(mask)["bounds"] == [0, 0, 3, 2]
+    assert encode_cvat_rle(mask) == [0, 12, 0, 0, 3, 2]
+    assert to_interactor_crop(mask)[1] == [0, 0, 3, 2]
     _check_round_trips(mask)
 
 
 def test_non_bool_masks_use_non_zero_as_set():
     mask = np.zeros((4, 4), np.uint8)
     mask[1:3, 2] = 7
-    assert to_interactor(mask) == {"mask": [[1], [1]], "bounds": [2, 1, 2, 2]}
-    assert to_detector(mask.astype(np.float32)) == [255, 255, 2, 1, 2, 2]
+    assert to_interactor_crop(mask) == ([[1], [1]], [2, 1, 2, 2])
+    assert to_detector_mask(mask.astype(np.float32)) == [255, 255, 2, 1, 2, 2]
 
 
-@pytest.mark.parametrize("encode", [to_interactor, to_detector, to_cvat_rle])
+@pytest.mark.parametrize("encode", [to_interactor_crop, to_detector_mask, encode_cvat_rle])
 def test_empty_mask_cannot_be_encoded(encode):
     with pytest.raises(ValueError, match="empty"):
         encode(np.zeros((3, 3), bool))
 
 
-@pytest.mark.parametrize("encode", [to_interactor, to_detector, to_cvat_rle])
+@pytest.mark.parametrize("encode", [to_interactor_crop, to_detector_mask, encode_cvat_rle])
 def test_encoders_want_2d(encode):
     with pytest.raises(ValueError, match="2-D"):
         encode(np.ones((2, 2, 1), bool))
 
 
 def test_all_zero_runs_decode_to_empty_mask():
-    assert not from_cvat_rle([6, 1, 1, 3, 2], 4, 5).any()
+    assert not decode_cvat_rle([6, 1, 1, 3, 2], 4, 5).any()
 
 
 BAD_RLE = {
@@ -142,24 +142,24 @@ BAD_RLE = {
 def test_malformed_rle_is_refused(name):
     points, message = BAD_RLE[name]
     with pytest.raises(RequestError, match=message) as caught:
-        from_cvat_rle(points, 4, 5)
+        decode_cvat_rle(points, 4, 5)
     assert caught.value.status == 400
 
 
 def _check_round_trips(mask):
     height, width = mask.shape
-    interactor, detector, rle = to_interactor(mask), to_detector(mask), to_cvat_rle(mask)
-    json.dumps([interactor, detector, rle])  # plain JSON types only
-    assert all(plain_ints(row) for row in interactor["mask"]) and set(np.ravel(interactor["mask"])) <= {0, 1}
-    assert plain_ints(interactor["bounds"]) and plain_ints(detector) and plain_ints(rle)
+    (crop, bounds), detector, rle = to_interactor_crop(mask), to_detector_mask(mask), encode_cvat_rle(mask)
+    json.dumps([crop, bounds, detector, rle])  # plain JSON types only
+    assert all(plain_ints(row) for row in crop) and set(np.ravel(crop)) <= {0, 1}
+    assert plain_ints(bounds) and plain_ints(detector) and plain_ints(rle)
     assert set(detector[:-4]) <= {0, 255}
     assert rle[0] >= 0 and all(run > 0 for run in rle[1:-4])  # only the leading zero run may be empty
-    assert (decode_interactor(interactor, height, width) == mask).all()
+    assert (decode_interactor(crop, bounds, height, width) == mask).all()
     assert (decode_detector(detector, height, width) == mask).all()
     assert (decode_rle(rle, height, width) == mask).all()
-    assert (from_cvat_rle(rle, height, width) == mask).all()
+    assert (decode_cvat_rle(rle, height, width) == mask).all()
     # the box is tight: every edge of it holds a set pixel
-    xtl, ytl, xbr, ybr = interactor["bounds"]
+    xtl, ytl, xbr, ybr = bounds
     assert mask[ytl].any() and mask[ybr].any() and mask[:, xtl].any() and mask[:, xbr].any()
     assert detector[-4:] == rle[-4:] == [xtl, ytl, xbr, ybr]
 
@@ -171,4 +171,4 @@ def test_random_masks_round_trip(mask):
         _check_round_trips(mask)
     else:
         with pytest.raises(ValueError):
-            to_cvat_rle(mask)
+            encode_cvat_rle(mask)

@@ -8,13 +8,14 @@ import numpy as np
 import pytest
 import rasterio.features
 import shapely
+from rasterio.enums import MergeAlg
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 from PIL import Image
 
 from sam2oct import polygons as polygons_module
-from sam2oct.polygons import flatten_points, label_map_to_shapes, mask_outline
+from sam2oct.polygons import flatten_points, label_map_to_shapes, mask_outline, rasterize_shapes
 
 DATA = Path(__file__).parent / "data" / "synthetic"
 NAMES = ["background", "a", "b", "c", "d", "e"]
@@ -232,6 +233,23 @@ def test_mask_outline():
     check_format([{"type": "polygon", "points": points}], mask.shape)
     assert mask_outline(np.zeros((3, 3), np.uint8)) == []
     assert sorted(map(tuple, mask_outline(np.ones((1, 1), np.uint8)))) == [(0, 0), (0, 1), (1, 0), (1, 1)]
+
+
+def test_rasterize_shapes_partitions_pixels():
+    rng = np.random.default_rng(7)
+    label_map = layered(rng, 50, 70, 5, speckle=0.1)
+    exact = label_map_to_shapes(label_map, NAMES, tolerance=0, min_area=0)
+    owner = rasterize_shapes(exact, label_map.shape)
+    lookup = np.array([0] + [NAMES.index(s["label"]) for s in exact])
+    assert (lookup[owner] == label_map).all()
+    # simplified, background included: every pixel centre in exactly one shape
+    names = [f"class {k}" for k in range(6)]
+    simplified = label_map_to_shapes(label_map + 1, names, tolerance=2, min_area=4)
+    burns = rasterio.features.rasterize(((p, 1) for p in polygons(simplified)), out_shape=label_map.shape,
+                                        merge_alg=MergeAlg.add, dtype="int32")
+    assert (burns == 1).all()
+    assert (rasterize_shapes(simplified, label_map.shape) > 0).all()
+    assert not rasterize_shapes([], (3, 4)).any()
 
 
 def test_flatten_points():
