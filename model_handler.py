@@ -97,6 +97,8 @@ class ModelHandler:
             if req.brush:
                 result["brush"] = f"ignored: the {self.profile.name} checkpoint was not trained with brush prompts"
         sel = select(prediction.label_map, pos, neg, bbox)
+        if not sel.mask.any():
+            raise RequestError(self._nothing_selected(sel, pos), status=422)
         crop, bounds = masks.to_interactor_crop(sel.mask)
         result.update({
             "mask": crop,
@@ -110,6 +112,12 @@ class ModelHandler:
         if req.threshold is not None:
             result["threshold"] = "ignored: every pixel takes the model's most likely class"
         return result
+
+    @staticmethod
+    def _nothing_selected(sel, pos) -> str:
+        if len(pos) and len(sel.ignored_clicks) == len(pos):
+            return f"every positive click falls on background: {sel.ignored_clicks}; click inside a layer"
+        return "no retinal layer left to return (the model found none here, or negative clicks and the box removed all)"
 
     def _brush_labels(self, brush, h, w):
         if not brush:
