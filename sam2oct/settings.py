@@ -29,23 +29,12 @@ ENV_VARS = {
 }
 
 
-def _int(env, name, lo, hi):
+def _number(env, name, cast, lo, hi):
     raw = env.get(name, ENV_VARS[name][0])
     try:
-        value = int(raw)
+        value = cast(raw)
     except ValueError:
-        raise ConfigError(f"{name}={raw!r} is not an integer") from None
-    if not lo <= value <= hi:
-        raise ConfigError(f"{name}={value} is outside {lo}..{hi}")
-    return value
-
-
-def _float(env, name, lo, hi):
-    raw = env.get(name, ENV_VARS[name][0])
-    try:
-        value = float(raw)
-    except ValueError:
-        raise ConfigError(f"{name}={raw!r} is not a number") from None
+        raise ConfigError(f"{name}={raw!r} is not {'an integer' if cast is int else 'a number'}") from None
     if not lo <= value <= hi:
         raise ConfigError(f"{name}={value} is outside {lo}..{hi}")
     return value
@@ -91,15 +80,15 @@ class Settings:
             profile=env.get("SAM2OCT_PROFILE", "").strip(),
             class_names=env.get("SAM2OCT_CLASS_NAMES", "").strip(),
             preprocess=preprocess,
-            cache_size=_int(env, "SAM2OCT_CACHE_SIZE", 0, 10_000),
+            cache_size=_number(env, "SAM2OCT_CACHE_SIZE", int, 0, 10_000),
             mode=_choice(env, "SAM2OCT_MODE", ("interactor", "detector")),
             label_style=_choice(env, "SAM2OCT_LABEL_STYLE", ("names", "index")),
             precision=_choice(env, "SAM2OCT_PRECISION", ("auto", "bf16", "fp32")),
-            max_pixels=_int(env, "SAM2OCT_MAX_PIXELS", 1, 1 << 31),
-            max_image_bytes=_int(env, "SAM2OCT_MAX_IMAGE_BYTES", 1, 1 << 31),
-            max_points=_int(env, "SAM2OCT_MAX_POINTS", 1, 100_000),
-            simplify=_float(env, "SAM2OCT_SIMPLIFY", 0.0, 100.0),
-            min_area=_int(env, "SAM2OCT_MIN_AREA", 0, 1 << 31),
-            torch_threads=_int(env, "SAM2OCT_TORCH_THREADS", 0, 1024),
+            max_pixels=_number(env, "SAM2OCT_MAX_PIXELS", int, 1, 1 << 31),
+            max_image_bytes=_number(env, "SAM2OCT_MAX_IMAGE_BYTES", int, 1, 1 << 31),
+            max_points=_number(env, "SAM2OCT_MAX_POINTS", int, 1, 100_000),
+            simplify=_number(env, "SAM2OCT_SIMPLIFY", float, 0.0, 100.0),
+            min_area=_number(env, "SAM2OCT_MIN_AREA", int, 0, 1 << 31),
+            torch_threads=_number(env, "SAM2OCT_TORCH_THREADS", int, 0, 1024),
             warmup=_choice(env, "SAM2OCT_WARMUP", ("0", "1")) == "1",
         )

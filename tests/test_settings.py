@@ -1,0 +1,59 @@
+"""Configuration comes only from the documented environment variables, and bad values fail clearly."""
+
+import re
+
+import pytest
+
+from conftest import ROOT
+from sam2oct.errors import ConfigError
+from sam2oct.settings import ENV_VARS, Settings
+
+
+def test_defaults_when_nothing_is_set():
+    s = Settings.from_env({})
+    assert s.checkpoint is None
+    assert (s.mode, s.label_style, s.precision, s.device) == ("interactor", "names", "auto", "auto")
+    assert (s.cache_size, s.max_points, s.min_area, s.simplify, s.warmup) == (8, 64, 16, 1.0, True)
+    assert s.preprocess == ""  # the profile's preprocessing
+
+
+def test_values_are_read():
+    s = Settings.from_env({
+        "SAM2_CHECKPOINT": "/m/x.pt", "SAM2OCT_MODE": "Detector", "SAM2OCT_CACHE_SIZE": "3",
+        "SAM2OCT_SIMPLIFY": "0", "SAM2OCT_PREPROCESS": "pad-equalize", "SAM2OCT_WARMUP": "0",
+        "SAM2OCT_LABEL_STYLE": "index", "SAM2OCT_TORCH_THREADS": "1",
+    })
+    assert (s.checkpoint, s.mode, s.cache_size, s.simplify) == ("/m/x.pt", "detector", 3, 0.0)
+    assert (s.preprocess, s.warmup, s.label_style, s.torch_threads) == ("pad-equalize", False, "index", 1)
+
+
+@pytest.mark.parametrize("name, value, words", [
+    ("SAM2OCT_CACHE_SIZE", "many", "not an integer"),
+    ("SAM2OCT_CACHE_SIZE", "-1", "outside"),
+    ("SAM2OCT_SIMPLIFY", "nan", "outside"),
+    ("SAM2OCT_SIMPLIFY", "x", "not a number"),
+    ("SAM2OCT_MODE", "tracker", "not one of"),
+    ("SAM2OCT_LABEL_STYLE", "ids", "not one of"),
+    ("SAM2OCT_PRECISION", "fp8", "not one of"),
+    ("SAM2OCT_PREPROCESS", "crop", "not one of"),
+    ("SAM2OCT_WARMUP", "yes", "not one of"),
+    ("SAM2OCT_MAX_PIXELS", "0", "outside"),
+])
+def test_bad_values_name_the_variable(name, value, words):
+    with pytest.raises(ConfigError) as err:
+        Settings.from_env({name: value})
+    assert name in str(err.value) and words in str(err.value)
+
+
+def test_every_variable_the_code_reads_is_a_documented_setting():
+    sources = [ROOT / "main.py", ROOT / "model_handler.py", *sorted((ROOT / "sam2oct").rglob("*.py"))]
+    read = set()
+    for path in sources:
+        text = path.read_text()
+        read |= set(re.findall(r"""(?:environ(?:\.get)?[\[(]|getenv\()\s*["']([A-Z0-9_]+)["']""", text))
+        read |= set(re.findall(r"""env(?:\.get)?[\[(]\s*["']([A-Z0-9_]+)["']""", text))
+        read |= set(re.findall(r"""_(?:number|choice)\(env,\s*["']([A-Z0-9_]+)["']""", text))
+    assert read, "the scan found no environment reads at all"
+    assert read <= set(ENV_VARS), f"read but not in ENV_VARS: {sorted(read - set(ENV_VARS))}"
+    # and each documented one is really read somewhere
+    assert set(ENV_VARS) <= read, f"documented but never read: {sorted(set(ENV_VARS) - read)}"
