@@ -3,6 +3,7 @@ and turns one validated request into one JSON-ready result."""
 
 import numpy as np
 import torch
+from scipy import ndimage
 
 from sam2oct import cvat, masks, polygons
 from sam2oct.checkpoint import load_model
@@ -137,18 +138,18 @@ class ModelHandler:
         # frame exactly as the polygons tile it.
         owner = polygons.rasterize_shapes(shapes, prediction.label_map.shape)
         items = []
-        for i, shape in enumerate(shapes):
-            region = owner == i + 1
-            if not region.any():
+        for i, box in enumerate(ndimage.find_objects(owner)):
+            if box is None:
                 continue
-            score = float(prediction.confidence[region].mean())
+            region = owner[box] == i + 1
+            score = float(prediction.confidence[box][region].mean())
             if req.threshold is not None and score < req.threshold:
                 continue
             items.append({
-                "label": shape["label"],
+                "label": shapes[i]["label"],
                 "type": "mask",
-                "points": [c for xy in shape["points"] for c in xy],
-                "mask": masks.to_detector_mask(region),
+                "points": polygons.flatten_points(shapes[i]["points"]),
+                "mask": masks.to_detector_mask(region, offset=(box[1].start, box[0].start)),
                 "confidence": f"{score:.3f}",
             })
         return items

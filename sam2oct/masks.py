@@ -23,10 +23,13 @@ def to_interactor_crop(mask):
     return crop.astype(np.uint8).tolist(), box
 
 
-def to_detector_mask(mask):
-    """Detector ``mask`` field: the box's 0/255 bitmap, row-major and flattened, then ``[xtl, ytl, xbr, ybr]``."""
-    crop, box = _crop(mask)
-    return (crop.astype(np.uint8) * 255).ravel().tolist() + box
+def to_detector_mask(mask, offset=(0, 0)):
+    """Detector ``mask`` field: the box's 0/255 bitmap, row-major and flattened, then ``[xtl, ytl, xbr, ybr]``.
+
+    ``offset`` (x, y) places a mask that is itself a crop of the frame at that corner."""
+    crop, (x1, y1, x2, y2) = _crop(mask)
+    dx, dy = (int(v) for v in offset)
+    return (crop.astype(np.uint8) * 255).ravel().tolist() + [x1 + dx, y1 + dy, x2 + dx, y2 + dy]
 
 
 def encode_cvat_rle(mask):
