@@ -41,6 +41,10 @@ class ModelHandler:
             model = load_model(settings.checkpoint, settings.config, device)
         except CheckpointError as exc:
             raise CheckpointError(f"SAM2_CHECKPOINT={settings.checkpoint}: {exc}; {DOWNLOAD_HINT}") from exc
+        except Exception as exc:  # torch.load can fail on a foreign file in ways the loader does not name
+            raise CheckpointError(
+                f"SAM2_CHECKPOINT={settings.checkpoint}: cannot be loaded ({type(exc).__name__}: {exc}); {DOWNLOAD_HINT}"
+            ) from exc
         self.profile = resolve_profile(model.num_classes, settings.profile or None, settings.class_names or None)
         bf16 = None if settings.precision == "auto" else settings.precision == "bf16"
         self.predictor = SemanticPredictor(

@@ -43,8 +43,10 @@ def parse_body(body) -> dict:
             body = bytes(body).decode("utf-8")
         except UnicodeDecodeError:
             raise RequestError("request body is not UTF-8 JSON") from None
-    if not isinstance(body, str) or not body.strip():
+    if body is None or (isinstance(body, str) and not body.strip()):
         raise RequestError("request body is empty; expected a JSON object with an 'image' key")
+    if not isinstance(body, str):  # Nuclio already decoded a JSON body that is not an object
+        raise RequestError(f"request body must be a JSON object, not a {type(body).__name__}")
     try:
         obj = json.loads(body)
     except (json.JSONDecodeError, RecursionError):
@@ -71,6 +73,8 @@ def _image(body: dict, max_bytes: int) -> bytes:
         raise RequestError("'image' is not valid base64") from None
     if not data:
         raise RequestError("'image' is empty")
+    if len(data) > max_bytes:  # the length check above allows a few bytes of base64 slack
+        raise RequestError(f"'image' is larger than {max_bytes} bytes", status=413)
     return data
 
 
