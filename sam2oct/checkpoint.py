@@ -47,17 +47,21 @@ def read_state_dict(path) -> dict:
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True, mmap=zipfile.is_zipfile(path))
     except pickle.UnpicklingError as exc:
-        # Name the refused global (torch puts it on a later line of its message).
+        # torch names a refused global on a later line of its message; without one, the bytes
+        # were simply not a pickle.
         lines = str(exc).splitlines() or [type(exc).__name__]
-        detail = next((line.strip() for line in lines if "GLOBAL" in line), lines[0])
+        refused = next((line.strip() for line in lines if "GLOBAL" in line or "global" in line), None)
+        if refused is None:
+            cause = next((line.strip() for line in lines if "Unpickler error" in line), "not a pickle")
+            raise CheckpointError(f"{path}: not a PyTorch checkpoint ({cause[:200]})") from exc
         raise CheckpointError(
             f"{path}: refused to load: it holds Python objects other than weights "
-            f"(loading uses weights_only=True). Detail: {detail}"
+            f"(loading uses weights_only=True). Detail: {refused}"
         ) from exc
-    except (RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile) as exc:
+    except Exception as exc:  # torch.load fails in many ways on foreign or truncated bytes
+        detail = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
         raise CheckpointError(
-            f"{path}: not a readable PyTorch checkpoint (truncated download or another file type?): "
-            f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}"
+            f"{path}: not a readable PyTorch checkpoint (truncated download or another file type?): {detail}"
         ) from exc
     return extract_state_dict(obj, path)
 
