@@ -52,7 +52,7 @@ def read_state_dict(path) -> dict:
         lines = str(exc).splitlines() or [type(exc).__name__]
         refused = next((line.strip() for line in lines if "GLOBAL" in line or "global" in line), None)
         if refused is None:
-            cause = next((line.strip() for line in lines if "Unpickler error" in line), "not a pickle")
+            cause = next((ln.strip() for ln in lines if ln.startswith("Unsupported") or "load key" in ln), "not a pickle")
             raise CheckpointError(f"{path}: not a PyTorch checkpoint ({cause[:200]})") from exc
         raise CheckpointError(
             f"{path}: refused to load: it holds Python objects other than weights "
