@@ -49,7 +49,7 @@ def parse_body(body) -> dict:
         raise RequestError(f"request body must be a JSON object, not a {type(body).__name__}")
     try:
         obj = json.loads(body)
-    except (json.JSONDecodeError, RecursionError):
+    except (ValueError, RecursionError):  # ValueError: also numbers over Python's 4300-digit limit
         raise RequestError("request body is not valid JSON") from None
     if not isinstance(obj, dict):
         raise RequestError(f"request body must be a JSON object, not a {type(obj).__name__}")
@@ -62,9 +62,12 @@ def _image(body: dict, max_bytes: int) -> bytes:
         raise RequestError("missing 'image': base64 of the frame file")
     if not isinstance(value, str):
         raise RequestError(f"'image' must be a base64 string, not {type(value).__name__}")
-    if value.startswith("data:") and "," in value:  # tolerate a data URL
-        value = value.split(",", 1)[1]
-    value = "".join(value.split())
+    start = value.index(",") + 1 if value.startswith("data:") and "," in value else 0  # tolerate a data URL
+    # Size first, before any copy of a large value (whitespace such as MIME line breaks does not count).
+    size, limit = len(value) - start, max_bytes * 4 // 3 + 4
+    if size > limit and size - sum(map(value.count, " \t\n\r\v\f")) > limit:
+        raise RequestError(f"'image' is larger than {max_bytes} bytes", status=413)
+    value = "".join(value[start:].split())
     if len(value) > max_bytes * 4 // 3 + 4:
         raise RequestError(f"'image' is larger than {max_bytes} bytes", status=413)
     try:
@@ -81,7 +84,10 @@ def _image(body: dict, max_bytes: int) -> bytes:
 def _number(value, what: str) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise RequestError(f"{what} must be a number, not {json.dumps(value)[:40]}")
-    value = float(value)
+    try:
+        value = float(value)
+    except OverflowError:  # an int beyond float range
+        raise RequestError(f"{what} must be finite, not an integer beyond float range") from None
     if not math.isfinite(value):
         raise RequestError(f"{what} must be finite, not {value}")
     return value

@@ -4,7 +4,7 @@ import io
 import warnings
 
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageOps
 
 from sam2oct.errors import RequestError
 
@@ -28,7 +28,9 @@ def decode_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarra
             im = Image.open(io.BytesIO(data))
     except Image.DecompressionBombError as exc:
         raise RequestError(f"image refused: {exc}", status=413) from exc
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
+    except MemoryError:
+        raise
+    except Exception as exc:  # a malformed file makes PIL raise almost anything (TypeError, struct.error, ...)
         raise RequestError("image is not a decodable image file (PNG, JPEG, TIFF, BMP, ...)") from exc
     with im:
         w, h = im.size
@@ -39,16 +41,17 @@ def decode_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarra
                 f"image is {w}x{h} = {w * h} pixels, over the limit of {max_pixels} (SAM2OCT_MAX_PIXELS)",
                 status=413,
             )
-        if getattr(im, "n_frames", 1) > 1:
-            raise RequestError(f"image has {im.n_frames} frames; send one B-scan per request")
         try:
+            if getattr(im, "n_frames", 1) > 1:  # counting frames parses the file further (TIFF)
+                raise RequestError(f"image has {im.n_frames} frames; send one B-scan per request")
             im.load()
             im = ImageOps.exif_transpose(im)
             return _to_unit_gray(im)
-        except RequestError:
+        except (RequestError, MemoryError):
             raise
-        except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
-            raise RequestError(f"image could not be decoded ({im.format} {im.mode}): {exc}") from exc
+        except Exception as exc:  # see above: whatever PIL raises on a malformed file is a 400
+            raise RequestError(f"image could not be decoded ({im.format} {im.mode}): "
+                               f"{type(exc).__name__}: {exc}") from exc
 
 
 def _to_unit_gray(im: Image.Image) -> np.ndarray:
