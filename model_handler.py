@@ -128,10 +128,14 @@ class ModelHandler:
         if not brush:
             return None
         dense = np.full((h, w), -1, dtype=np.int64)
-        for name, rle in brush:
+        for i, (name, rle) in enumerate(brush):
             if name not in self._label_index:
-                raise RequestError(f"brush label {name!r} is not one of {', '.join(self.labels)}")
-            dense[masks.decode_cvat_rle(rle, h, w)] = self._label_index[name]
+                raise RequestError(f"'brush[{i}]' label {name!r} is not one of {', '.join(self.labels)}")
+            try:
+                painted = masks.decode_cvat_rle(rle, h, w)
+            except RequestError as exc:
+                raise RequestError(f"'brush[{i}].mask': {exc}", exc.status) from None
+            dense[painted] = self._label_index[name]
         return dense
 
     def detect(self, req: cvat.DetectorRequest) -> list:

@@ -12,11 +12,16 @@ into hole-free pieces along vertical pixel-edge lines through its holes (see
 
 from __future__ import annotations
 
+import warnings
 from itertools import chain
 
 import numpy as np
 import rasterio.features
+from rasterio.errors import NotGeoreferencedWarning
 import shapely
+
+# Label maps are pixel grids, not maps: rasterio's "no georeference" warning is noise here.
+warnings.filterwarnings("ignore", category=NotGeoreferencedWarning)
 
 __all__ = ["label_map_to_shapes", "mask_outline", "rasterize_shapes", "flatten_points"]
 

@@ -3,6 +3,8 @@
 import os
 from dataclasses import dataclass
 
+from PIL import Image
+
 from sam2oct.decoding import DEFAULT_MAX_PIXELS
 from sam2oct.errors import ConfigError
 from sam2oct.preprocessing import check_mode
@@ -84,7 +86,8 @@ class Settings:
             mode=_choice(env, "SAM2OCT_MODE", ("interactor", "detector")),
             label_style=_choice(env, "SAM2OCT_LABEL_STYLE", ("names", "index")),
             precision=_choice(env, "SAM2OCT_PRECISION", ("auto", "bf16", "fp32")),
-            max_pixels=_number(env, "SAM2OCT_MAX_PIXELS", int, 1, 1 << 31),
+            # Pillow refuses anything over twice its own bomb limit before we are asked.
+            max_pixels=_number(env, "SAM2OCT_MAX_PIXELS", int, 1, 2 * Image.MAX_IMAGE_PIXELS),
             max_image_bytes=_number(env, "SAM2OCT_MAX_IMAGE_BYTES", int, 1, 1 << 31),
             max_points=_number(env, "SAM2OCT_MAX_POINTS", int, 1, 100_000),
             simplify=_number(env, "SAM2OCT_SIMPLIFY", float, 0.0, 100.0),
