@@ -15,7 +15,7 @@ import torch
 from PIL import Image
 
 import sam2oct.hub
-from handler_harness import ROOT, TINY_CKPT, TINY_CONFIG
+from conftest import ROOT, TINY_CKPT, TINY_CONFIG
 from sam2oct import cli
 from sam2oct.checkpoint import load_model
 from sam2oct.predictor import SemanticPredictor

@@ -7,7 +7,7 @@ import threading
 import pytest
 import torch
 from conftest import TINY_CKPT
-from reliability_harness import Function, b64, banded_image, encode, start_failure, write_summary
+from harness import Worker, b64, banded_image, encode, start_failure, write_summary
 
 import sam2oct.polygons
 from sam2oct.errors import CheckpointError, ConfigError
@@ -25,13 +25,13 @@ def body(frame, **kw):
 @pytest.fixture(scope="module")
 def reference():
     """Answers of an untroubled worker."""
-    fn = Function()
+    fn = Worker()
     return {name: fn.call(body(f)).json for name, f in (("A", FRAME_A), ("B", FRAME_B))}
 
 
 @pytest.fixture
 def fn():
-    return Function(SAM2OCT_CACHE_SIZE="4")
+    return Worker(SAM2OCT_CACHE_SIZE="4")
 
 
 def fail_once(monkeypatch, owner, name, exc):

@@ -20,8 +20,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
-from reliability_harness import (
-    NR206_NAMES, Function, b64, banded_image, check_detector, check_error, check_interactor, encode, noise_image, write_summary,
+from harness import (
+    NR206_NAMES, Worker, b64, banded_image, check_detector, check_error, check_interactor, encode, noise_image, write_summary,
 )
 
 from sam2oct.decoding import decode_image
@@ -191,8 +191,8 @@ class Tally:
 @pytest.fixture(scope="module")
 def workers():
     fns = {
-        "interactor": Function(SAM2OCT_CACHE_SIZE="64"),
-        "detector": Function(SAM2OCT_CACHE_SIZE="64", SAM2OCT_MODE="detector"),
+        "interactor": Worker(SAM2OCT_CACHE_SIZE="64"),
+        "detector": Worker(SAM2OCT_CACHE_SIZE="64", SAM2OCT_MODE="detector"),
     }
     yield fns, Tally()
 

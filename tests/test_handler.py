@@ -21,7 +21,8 @@ from scipy import ndimage
 
 import model_handler
 import sam2oct.predictor
-from handler_harness import ROOT, TINY_CKPT, b64, make_handler, png_bytes, wire
+from conftest import ROOT, TINY_CKPT
+from harness import Worker, b64, encode, wire
 from sam2oct.decoding import decode_image
 from sam2oct.errors import Sam2OctError
 
@@ -35,7 +36,7 @@ SPECTRALIS = DATA / "spectralis" / "Willis_B_716_0_bscan_u8.png"
 # --- fixtures -----------------------------------------------------------------------------------
 
 def _small(path, size):
-    return png_bytes(Image.open(path).resize(size, Image.BILINEAR))
+    return encode(Image.open(path).resize(size, Image.BILINEAR))
 
 
 @pytest.fixture(scope="module")
@@ -55,23 +56,23 @@ def spec96():
 
 @pytest.fixture(scope="module")
 def interactor():
-    return make_handler()
+    return Worker()
 
 
 @pytest.fixture(scope="module")
 def exact():
     # no simplification, no merging: polygons reproduce the label map pixel for pixel
-    return make_handler(SAM2OCT_SIMPLIFY="0", SAM2OCT_MIN_AREA="0")
+    return Worker(SAM2OCT_SIMPLIFY="0", SAM2OCT_MIN_AREA="0")
 
 
 @pytest.fixture(scope="module")
 def detector():
-    return make_handler(SAM2OCT_MODE="detector")
+    return Worker(SAM2OCT_MODE="detector")
 
 
 @pytest.fixture(scope="module")
 def prompted():
-    h = make_handler()
+    h = Worker()
     # The tiny K=9 weights stand in for a prompt-trained checkpoint.
     h.model.profile = dataclasses.replace(h.model.profile, prompted=True)
     return h
@@ -227,7 +228,7 @@ def test_init_builds_one_model_handler_per_worker(monkeypatch, synth96):
 
     monkeypatch.setattr("main.ModelHandler", counting)
     before = dict(os.environ)
-    h = make_handler(SAM2OCT_CACHE_SIZE="3")
+    h = Worker(SAM2OCT_CACHE_SIZE="3")
     assert dict(os.environ) == before  # the harness put the environment back
     assert h.model.predictor.cache.max_entries == 3  # ... after init read it
     model = h.model
@@ -248,9 +249,9 @@ def test_warm_up_runs_once_and_leaves_no_trace(monkeypatch, interactor, synth96)
         return real_encode(self, gray)
 
     monkeypatch.setattr(sam2oct.predictor.SemanticPredictor, "encode", spy)
-    make_handler()  # warm-up off: no encode at init
+    Worker()  # warm-up off: no encode at init
     assert encodes == []
-    warm = make_handler(SAM2OCT_WARMUP="1")
+    warm = Worker(SAM2OCT_WARMUP="1")
     assert len(encodes) == 1  # one dummy frame went through the encoder
     p = warm.model.predictor
     assert p.encoder_calls == 0 and len(p.cache) == 0
@@ -283,7 +284,7 @@ def test_bad_configuration_fails_init_clearly(tmp_path, caplog, env, words):
     env = {k: v if v is None else v.format(tmp=tmp_path) for k, v in env.items()}
     before = dict(os.environ)
     with pytest.raises(Sam2OctError) as err:
-        make_handler(**env)
+        Worker(**env)
     message = str(err.value)
     for word in words:
         assert word.format(tmp=tmp_path) in message, message
@@ -474,7 +475,7 @@ def test_clicks_just_outside_are_clipped_far_outside_refused(interactor, synth96
 
 def test_clicks_on_one_frame_reuse_its_features(interactor):
     # a frame this worker has not seen yet
-    data = png_bytes(Image.open(SYNTH).resize((96, 62), Image.BILINEAR).transpose(Image.FLIP_LEFT_RIGHT))
+    data = encode(Image.open(SYNTH).resize((96, 62), Image.BILINEAR).transpose(Image.FLIP_LEFT_RIGHT))
     p = interactor.model.predictor
     before = p.encoder_calls
     lm = truth(interactor, data)  # encodes it once
@@ -534,7 +535,7 @@ def test_shapes_follow_box_and_negative_clicks(exact, synth96):
 
 
 def test_index_label_style(synth96):
-    h = make_handler(SAM2OCT_LABEL_STYLE="index")
+    h = Worker(SAM2OCT_LABEL_STYLE="index")
     lm = truth(h, synth96)
     status, reply = h.call({"image": b64(synth96), "pos_points": [click_in(lm, 3), click_in(lm, 2)]})
     assert status == 200
@@ -641,7 +642,7 @@ def test_detector_items_follow_their_polygons(detector, synth192):
 
 
 def test_unsimplified_detector_masks_equal_the_label_map(synth96):
-    h = make_handler(SAM2OCT_MODE="detector", SAM2OCT_SIMPLIFY="0", SAM2OCT_MIN_AREA="0")
+    h = Worker(SAM2OCT_MODE="detector", SAM2OCT_SIMPLIFY="0", SAM2OCT_MIN_AREA="0")
     lm = truth(h, synth96)
     status, items = h.call({"image": b64(synth96)})
     assert status == 200
@@ -868,10 +869,10 @@ def test_body_of_another_type_is_400(interactor, body, words):
 
 
 def test_size_limits_are_413(synth96):
-    h = make_handler(SAM2OCT_MAX_PIXELS="5000", SAM2OCT_MAX_IMAGE_BYTES=str(len(synth96) - 1))
+    h = Worker(SAM2OCT_MAX_PIXELS="5000", SAM2OCT_MAX_IMAGE_BYTES=str(len(synth96) - 1))
     status, reply = h.call({"image": b64(synth96)})
     assert status == 413 and str(len(synth96) - 1) in reply["error"]
-    flat = png_bytes(Image.new("L", (96, 62), 128))  # 5952 pixels in a few bytes
+    flat = encode(Image.new("L", (96, 62), 128))  # 5952 pixels in a few bytes
     assert len(flat) < len(synth96)
     status, reply = h.call({"image": b64(flat)})
     assert status == 413 and "5000" in reply["error"] and "SAM2OCT_MAX_PIXELS" in reply["error"]

@@ -10,7 +10,7 @@ import time
 import pytest
 from conftest import ROOT
 from PIL import Image
-from reliability_harness import Function, b64, banded_image, check_error, check_interactor, encode, write_summary
+from harness import Worker, b64, banded_image, check_error, check_interactor, encode, write_summary
 
 sys.path.insert(0, str(ROOT / "benchmarks"))
 from bench_limits import header_bomb, zero_png  # noqa: E402
@@ -51,7 +51,7 @@ def test_bombs_and_big_bodies_refused_without_big_allocation(bench):
 
 @pytest.fixture(scope="module")
 def small_limits():
-    return Function(SAM2OCT_MAX_PIXELS="1000", SAM2OCT_MAX_IMAGE_BYTES="4000", SAM2OCT_MAX_POINTS="3")
+    return Worker(SAM2OCT_MAX_PIXELS="1000", SAM2OCT_MAX_IMAGE_BYTES="4000", SAM2OCT_MAX_POINTS="3")
 
 
 def _body(im_bytes, **extra):
@@ -65,7 +65,7 @@ def test_pixel_limit_is_configurable(small_limits):
     check_error(over)
     assert over.status == 413 and "SAM2OCT_MAX_PIXELS" in over.json["error"] and "1000" in over.json["error"]
     # the same picture passes a worker with the default limit
-    assert Function().call(_body(encode(banded_image(40, 26)))).status == 200
+    assert Worker().call(_body(encode(banded_image(40, 26)))).status == 200
 
 
 def test_image_bytes_limit_is_exact_and_configurable(small_limits):
@@ -91,7 +91,7 @@ def test_points_limit_is_configurable(small_limits):
 
 
 def test_bombs_through_the_handler_are_fast_413():
-    fn = Function()
+    fn = Worker()
     for data in (zero_png(20000, 20000), header_bomb(100_000, 100_000), header_bomb(4097, 4096)):
         t = time.perf_counter()
         reply = fn.call(_body(data))
@@ -102,7 +102,7 @@ def test_bombs_through_the_handler_are_fast_413():
 
 
 def test_huge_lists_refused_by_length_not_by_walking_them():
-    fn = Function()
+    fn = Worker()
     png = encode(Image.new("L", (8, 8), 100))
     t = time.perf_counter()
     for body in (_body(png, pos_points=[[1, 1]] * 1_000_000),

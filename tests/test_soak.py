@@ -11,7 +11,7 @@ import json
 import os
 
 import pytest
-from reliability_harness import Function, b64, banded_image, encode, vm_kib, write_summary
+from harness import Worker, b64, banded_image, encode, vm_kib, write_summary
 
 from sam2oct.predictor import EncodedImage
 
@@ -33,8 +33,8 @@ OBJECTS_BOUND = 2000  # growth allowed in the number of live Python objects afte
 
 @pytest.fixture(scope="module")
 def workers():
-    return (Function(SAM2OCT_CACHE_SIZE=str(CACHE)),
-            Function(SAM2OCT_CACHE_SIZE=str(CACHE), SAM2OCT_MODE="detector"))
+    return (Worker(SAM2OCT_CACHE_SIZE=str(CACHE)),
+            Worker(SAM2OCT_CACHE_SIZE=str(CACHE), SAM2OCT_MODE="detector"))
 
 
 class Soak:

@@ -15,7 +15,7 @@ import huggingface_hub
 import pytest
 import torch
 from conftest import TINY_CKPT, TINY_CONFIG
-from reliability_harness import start_failure, write_summary
+from harness import start_failure, write_summary
 
 import sam2oct.hub as hub
 from sam2oct import checkpoint

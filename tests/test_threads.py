@@ -9,7 +9,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import nuclio_sdk
 import pytest
-from reliability_harness import Function, b64, banded_image, encode, write_summary
+from harness import Worker, b64, banded_image, encode, write_summary
 
 import main
 from sam2oct.errors import RequestError
@@ -60,7 +60,7 @@ def orders(seed, items, rounds=2):
 
 @pytest.mark.parametrize("cache_size", [32, 2])
 def test_concurrent_infer_matches_single_threaded(cache_size):
-    model = Function(SAM2OCT_CACHE_SIZE=str(cache_size)).model
+    model = Worker(SAM2OCT_CACHE_SIZE=str(cache_size)).model
     predictor = model.predictor
     expected = {q: ask(model, *q) for q in QUESTIONS}
     assert sum(a.startswith("400") for a in expected.values()) == len(FRAMES)  # the far click, per frame
@@ -96,7 +96,7 @@ def test_concurrent_infer_matches_single_threaded(cache_size):
 
 
 def test_concurrent_handler_calls_detector():
-    fn = Function(SAM2OCT_MODE="detector", SAM2OCT_CACHE_SIZE="8")
+    fn = Worker(SAM2OCT_MODE="detector", SAM2OCT_CACHE_SIZE="8")
     ctx = fn.context
 
     def call(frame):

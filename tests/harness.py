@@ -1,84 +1,76 @@
-"""Shared pieces of the reliability suites: start the Nuclio function the way Nuclio does
-(``nuclio_sdk.test.Platform``), record what it logs, build test images, check replies."""
+"""Drive main.handler the way Nuclio does, with nuclio_sdk's test Platform.
+
+    fn = Worker(SAM2OCT_MODE="detector")           # init_context runs now, under these env vars
+    status, body = fn.call({"image": b64(data)})   # a Reply: also reply.status, reply.json
+    fn.model, fn.context, fn.log.lines("error")    # the worker's ModelHandler, context, log
+
+A Worker starts from the tiny test checkpoint with warm-up off (BASE_ENV) plus the given
+variables (None unsets one); nothing from the caller's shell leaks in, and os.environ is put
+back afterwards, also when init fails. main reads the environment only in init_context, so a
+Worker keeps its configuration for life: share one per configuration (module-scoped fixture).
+"""
 
 import base64
 import io
 import json
+import logging
 import os
 import re
 import threading
 from contextlib import contextmanager
+from pathlib import Path
+from typing import NamedTuple
 
 import nuclio_sdk
+import nuclio_sdk.json_encoder
 import nuclio_sdk.test
 import numpy as np
-from conftest import TINY_CKPT, TINY_CONFIG
+from conftest import ROOT, TINY_CKPT, TINY_CONFIG
 from PIL import Image
 
 import main
 from sam2oct.settings import ENV_VARS
 
-BASE_ENV = {
-    "SAM2_CHECKPOINT": str(TINY_CKPT),
-    "SAM2_CONFIG": str(TINY_CONFIG),
-    "SAM2OCT_WARMUP": "0",
-}
+BASE_ENV = {"SAM2_CHECKPOINT": str(TINY_CKPT), "SAM2_CONFIG": str(TINY_CONFIG), "SAM2OCT_WARMUP": "0"}
 NR206_NAMES = ("background", "NFL", "GCL+IPL", "INL", "OPL", "ONL", "ELM+IS", "OS", "RPE")
+
+
+# --- environment and worker ------------------------------------------------------------------
+
+def _apply(env: dict):
+    for name, value in env.items():
+        if value is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = str(value)
 
 
 @contextmanager
 def environ(env: dict):
-    """Set (value str) or unset (value None) variables for the duration; restore after."""
-    saved = {k: os.environ.get(k) for k in env}
+    """Set (value) or unset (None) variables for the duration; restore them after."""
+    saved = {name: os.environ.get(name) for name in env}
     try:
-        for k, v in env.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
+        _apply(env)
         yield
     finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
+        _apply(saved)
 
 
-class RecordingLogger:
-    """The nuclio_sdk Logger interface (no warning(), no exception()), keeping every line."""
+class RecordingLogger(nuclio_sdk.Logger):
+    """The Platform's own nuclio_sdk logger (stdout, caplog) that also keeps every line it is given."""
+
+    LEVELS = {logging.DEBUG: "debug", logging.INFO: "info", logging.WARNING: "warn", logging.ERROR: "error"}
 
     def __init__(self):
+        super().__init__(logging.DEBUG, "mock_platform")
         self.records = []  # (level, message)
         self._lock = threading.Lock()
 
-    def _log(self, level, message, *args, **kw):
+    def _update_bound_vars_and_log(self, level, message, *args, **kw):
+        # every public method (debug ... error_with) ends here
         with self._lock:
-            self.records.append((level, str(message) % args if args else str(message)))
-
-    def debug(self, message, *args):
-        self._log("debug", message, *args)
-
-    def info(self, message, *args):
-        self._log("info", message, *args)
-
-    def warn(self, message, *args):
-        self._log("warn", message, *args)
-
-    def error(self, message, *args):
-        self._log("error", message, *args)
-
-    def debug_with(self, message, *args, **kw):
-        self._log("debug", message, *args)
-
-    def info_with(self, message, *args, **kw):
-        self._log("info", message, *args)
-
-    def warn_with(self, message, *args, **kw):
-        self._log("warn", message, *args)
-
-    def error_with(self, message, *args, **kw):
-        self._log("error", message, *args)
+            self.records.append((self.LEVELS[level], str(message) % args if args else str(message)))
+        super()._update_bound_vars_and_log(level, message, *args, **kw)
 
     def lines(self, level):
         with self._lock:
@@ -89,20 +81,17 @@ def _no_constant(name):
     raise AssertionError(f"reply body holds {name}, which is not JSON")
 
 
-class Reply:
-    def __init__(self, response):
-        self.response = response
-        self.status = response.status_code
-        # What Nuclio's wrapper would put on the wire: the body must already be a JSON string.
-        assert isinstance(response.body, str), f"body is {type(response.body).__name__}, not a JSON string"
-        assert response.content_type == "application/json"
-        self.json = json.loads(response.body, parse_constant=_no_constant)  # NaN is not JSON
+class Reply(NamedTuple):
+    """A checked reply: unpacks and compares as (status, parsed JSON body)."""
+
+    status: int
+    json: object
 
     def __repr__(self):
         return f"Reply({self.status}, {json.dumps(self.json)[:200]})"
 
 
-class Function:
+class Worker:
     """One Nuclio worker: a Platform whose init_context ran once under the given environment."""
 
     def __init__(self, log=None, **env):
@@ -110,54 +99,59 @@ class Function:
         self.log = log if log is not None else RecordingLogger()
         self.platform._logger = self.log  # the contexts the Platform builds take this logger
         self.requests = 0
-        self._context = None
-        # Only the given variables: nothing from the caller's shell leaks in.
-        with environ({**{k: None for k in ENV_VARS}, **BASE_ENV, **env}):
-            # init_context runs on the first call; keep the context it built.
-            first = self.platform.call_handler_with_context_mutation(main.handler, _event({}), self._keep)
-        assert first.status_code == 400  # an empty body is refused, not answered
-
-    def _keep(self, context):
-        self._context = context
-        return context
-
-    @property
-    def context(self):
-        return self._context
+        with environ({**{name: None for name in ENV_VARS}, **BASE_ENV, **env}):
+            # The Platform runs init_context on its first call; run it now, under this environment.
+            self.context = self.platform._get_handler_context(main.handler)
+        assert self.response({}).status_code == 400  # an empty body is refused, not answered
 
     @property
     def model(self):
-        return self._context.user_data.model
+        return self.context.user_data.model
+
+    def response(self, body, content_type="application/json") -> nuclio_sdk.Response:
+        """The handler's raw return value."""
+        event = nuclio_sdk.Event(body=body, content_type=content_type, method="POST", path="/")
+        return self.platform.call_handler(main.handler, event)
 
     def call(self, body, content_type="application/json") -> Reply:
+        """One request; checks the reply is a Response with a strict JSON body (NaN is not JSON)."""
         self.requests += 1
-        return Reply(self.platform.call_handler(main.handler, _event(body, content_type)))
-
-
-def _event(body, content_type="application/json"):
-    return nuclio_sdk.Event(body=body, content_type=content_type, method="POST", path="/")
+        resp = self.response(body, content_type)
+        assert isinstance(resp, nuclio_sdk.Response), f"handler returned {type(resp).__name__}"
+        assert isinstance(resp.body, str), f"body is {type(resp.body).__name__}, not a JSON string"
+        assert resp.content_type == "application/json"
+        return Reply(resp.status_code, json.loads(resp.body, parse_constant=_no_constant))
 
 
 def start_failure(**env) -> tuple[BaseException, RecordingLogger]:
     """Start a worker that must fail in init_context; returns the exception and what it logged."""
     log = RecordingLogger()
     try:
-        Function(log=log, **env)
+        Worker(log, **env)
     except Exception as exc:  # noqa: BLE001 - whatever escapes init_context is what is tested
         return exc, log
     raise AssertionError(f"init_context succeeded with {env}")
 
 
+def wire(response) -> dict:
+    """What Nuclio's wrapper would send for a handler's return value."""
+    return nuclio_sdk.Response.from_entrypoint_output(nuclio_sdk.json_encoder.Encoder().encode, response)
+
+
 # --- images ----------------------------------------------------------------------------------
 
+def b64(data) -> str:
+    """Base64 text of bytes or of a file (str or Path), as CVAT sends an image."""
+    if isinstance(data, (str, Path)):
+        data = Path(data).read_bytes()
+    return base64.b64encode(data).decode("ascii")
+
+
 def encode(im: Image.Image, fmt="PNG", **kw) -> bytes:
+    """The file bytes of a PIL image (PNG unless told)."""
     buf = io.BytesIO()
     im.save(buf, fmt, **kw)
     return buf.getvalue()
-
-
-def b64(data: bytes) -> str:
-    return base64.b64encode(data).decode("ascii")
 
 
 def noise_image(width, height, seed=0, mode="L") -> Image.Image:
@@ -236,7 +230,7 @@ def check_detector(reply: Reply, width, height, labels=NR206_NAMES):
     assert covered <= width * height
 
 
-# --- memory ----------------------------------------------------------------------------------
+# --- memory and summaries --------------------------------------------------------------------
 
 def vm_kib(field="VmRSS") -> int:
     """A field of /proc/self/status in KiB (VmRSS: resident now, VmHWM: peak resident)."""
@@ -244,18 +238,8 @@ def vm_kib(field="VmRSS") -> int:
         return int(re.search(rf"^{field}:\s+(\d+) kB", f.read(), re.M).group(1))
 
 
-def reset_peak_rss() -> None:
-    """Reset VmHWM to the current resident size (Linux >= 4.0)."""
-    with open("/proc/self/clear_refs", "w") as f:
-        f.write("5")
-
-
-# --- figures for docs/RELIABILITY.md ---------------------------------------------------------
-
 def write_summary(name: str, line: str) -> None:
     """Keep a suite's summary line under out/reliability/ (scripts/reliability_report.py reads them)."""
-    from conftest import ROOT
-
     folder = ROOT / "out" / "reliability"
     folder.mkdir(parents=True, exist_ok=True)
     (folder / f"{name}.txt").write_text(line + "\n")
