@@ -27,6 +27,9 @@ from harness import (
 from sam2oct.decoding import decode_image
 from sam2oct.errors import RequestError
 
+# Fuzzed TIFFs are corrupt on purpose; Pillow warns about their tags while refusing them.
+pytestmark = pytest.mark.filterwarnings("ignore::UserWarning:PIL.TiffImagePlugin")
+
 SCALE = int(os.environ.get("SAM2OCT_FUZZ_SCALE", "1"))  # e.g. 10 for a deep run
 FUZZ = settings(max_examples=230 * SCALE, deadline=None, database=None, print_blob=True,
                 suppress_health_check=list(HealthCheck))
