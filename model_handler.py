@@ -7,7 +7,7 @@ from scipy import ndimage
 
 from sam2oct import cvat, masks, polygons
 from sam2oct.checkpoint import load_model
-from sam2oct.decoding import decode_image
+from sam2oct.images import read_image
 from sam2oct.errors import CheckpointError, ConfigError, RequestError
 from sam2oct.interaction import select
 from sam2oct.predictor import SemanticPredictor
@@ -74,7 +74,7 @@ class ModelHandler:
             body, max_points=self.settings.max_points, max_image_bytes=self.settings.max_image_bytes))
 
     def _encode(self, image: bytes):
-        gray = decode_image(image, self.settings.max_pixels)
+        gray = read_image(image, self.settings.max_pixels)
         return self.predictor.encode(gray)
 
     def _shapes(self, label_map):
@@ -132,7 +132,7 @@ class ModelHandler:
             if name not in self._label_index:
                 raise RequestError(f"'brush[{i}]' label {name!r} is not one of {', '.join(self.labels)}")
             try:
-                painted = masks.decode_cvat_rle(rle, h, w)
+                painted = masks.rle_to_mask(rle, h, w)
             except RequestError as exc:
                 raise RequestError(f"'brush[{i}].mask': {exc}", exc.status) from None
             dense[painted] = self._label_index[name]

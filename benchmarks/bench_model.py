@@ -24,7 +24,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from sam2oct.checkpoint import build_model  # noqa: E402
-from sam2oct.decoding import decode_image  # noqa: E402
+from sam2oct.images import read_image  # noqa: E402
 from sam2oct.predictor import SemanticPredictor  # noqa: E402
 
 DEFAULT_IMAGE = ROOT / "tests" / "data" / "bscan_768x496_s1.png"
@@ -85,7 +85,7 @@ def main(argv=None):
 
     t_build, model = timed(lambda: build_model(args.k).to(device).eval(), torch.device("cpu"))
     predictor = SemanticPredictor(model, preprocess=args.preprocess, cache_size=4)
-    gray = decode_image(args.image.read_bytes())
+    gray = read_image(args.image.read_bytes())
     h, w = gray.shape
     n_params = sum(p.numel() for p in model.parameters())
 

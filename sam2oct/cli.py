@@ -42,7 +42,7 @@ def _segment(args) -> int:
     import torch
 
     from sam2oct.checkpoint import load_model
-    from sam2oct.decoding import decode_image
+    from sam2oct.images import read_image
     from sam2oct.polygons import label_map_to_shapes
     from sam2oct.predictor import SemanticPredictor
     from sam2oct.profiles import resolve_profile
@@ -53,7 +53,7 @@ def _segment(args) -> int:
     predictor = SemanticPredictor(model, args.preprocess or profile.preprocess, cache_size=1)
     results = []
     for path in args.images:
-        gray = decode_image(Path(path).read_bytes(), max_pixels=args.max_pixels)
+        gray = read_image(Path(path).read_bytes(), max_pixels=args.max_pixels)
         prediction = predictor.predict(gray)
         shapes = label_map_to_shapes(prediction.label_map, profile.class_names,
                                      tolerance=args.simplify, min_area=args.min_area)

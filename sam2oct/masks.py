@@ -4,7 +4,7 @@ All boxes are ``[xtl, ytl, xbr, ybr]`` with *inclusive* pixel indices, and all
 values are plain Python ints (CVAT's server does arithmetic on them that
 booleans break).  Encoders take a full-image 2-D mask (non-zero = set) and
 refuse an empty mask with ``ValueError``: none of these formats can express one,
-so the caller decides what an empty result means.  ``decode_cvat_rle`` reads what
+so the caller decides what an empty result means.  ``rle_to_mask`` reads what
 a client sends and refuses malformed input with ``RequestError``.
 """
 
@@ -14,7 +14,7 @@ import numpy as np
 
 from sam2oct.errors import RequestError
 
-__all__ = ["to_interactor_crop", "to_detector_mask", "encode_cvat_rle", "decode_cvat_rle"]
+__all__ = ["to_interactor_crop", "to_detector_mask", "mask_to_rle", "rle_to_mask"]
 
 
 def to_interactor_crop(mask):
@@ -32,7 +32,7 @@ def to_detector_mask(mask, offset=(0, 0)):
     return (crop.astype(np.uint8) * 255).ravel().tolist() + [x1 + dx, y1 + dy, x2 + dx, y2 + dy]
 
 
-def encode_cvat_rle(mask):
+def mask_to_rle(mask):
     """CVAT's stored mask format (what ``cvat_sdk.masks.encode_mask`` gives): run lengths over the
     box, row-major, starting with a run of unset pixels (0 if the first is set), then ``[x1, y1, x2, y2]``."""
     crop, box = _crop(mask)
@@ -44,7 +44,7 @@ def encode_cvat_rle(mask):
     return runs.tolist() + box
 
 
-def decode_cvat_rle(points, height, width):
+def rle_to_mask(points, height, width):
     """Decode CVAT run lengths + inclusive box into a ``(height, width)`` bool mask.
 
     Refuses with ``RequestError`` (400) anything but numbers, a box outside the

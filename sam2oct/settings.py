@@ -5,7 +5,7 @@ from dataclasses import dataclass
 
 from PIL import Image
 
-from sam2oct.decoding import DEFAULT_MAX_PIXELS
+from sam2oct.images import DEFAULT_MAX_PIXELS
 from sam2oct.errors import ConfigError
 from sam2oct.preprocessing import check_mode
 

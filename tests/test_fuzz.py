@@ -24,7 +24,7 @@ from harness import (
     NR206_NAMES, Worker, b64, banded_image, check_detector, check_error, check_interactor, encode, noise_image, write_summary,
 )
 
-from sam2oct.decoding import decode_image
+from sam2oct.images import read_image
 from sam2oct.errors import RequestError
 
 # Fuzzed TIFFs are corrupt on purpose; Pillow warns about their tags while refusing them.
@@ -222,7 +222,7 @@ def _image_size(value):
     s = value.split(",", 1)[1] if value.startswith("data:") and "," in value else value
     try:
         data = base64.b64decode("".join(s.split()), validate=True)
-        h, w = decode_image(data).shape
+        h, w = read_image(data).shape
     except (ValueError, RequestError):
         return None
     return w, h

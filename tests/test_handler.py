@@ -23,7 +23,7 @@ import model_handler
 import sam2oct.predictor
 from conftest import ROOT, TINY_CKPT
 from harness import Worker, b64, encode, wire
-from sam2oct.decoding import decode_image
+from sam2oct.images import read_image
 from sam2oct.errors import Sam2OctError
 
 # NR206 class names in channel order, written out here rather than imported
@@ -82,7 +82,7 @@ def prompted():
 
 def prediction(h, data):
     """The model's own prediction for a frame, straight from the worker's predictor."""
-    gray = decode_image(data, h.model.settings.max_pixels)
+    gray = read_image(data, h.model.settings.max_pixels)
     return h.model.predictor.predict(gray)
 
 
@@ -747,7 +747,7 @@ def test_prompted_profile_feeds_clicks_and_box_to_the_model(prompted, monkeypatc
     np.testing.assert_array_equal(kwargs["box"], [3, 2, 92, 60])
     assert kwargs["dense_labels"] is None
     # the prompts changed what the model says
-    base = real(prompted.model.predictor.encode(decode_image(synth96)))
+    base = real(prompted.model.predictor.encode(read_image(synth96)))
     assert not torch.equal(base.low_res_logits, result.low_res_logits)
     assert (base.label_map != result.label_map).any()
     # the reply selects from the prompted label map: box, then the negative click, then the positive
@@ -789,7 +789,7 @@ def test_prompted_profile_paints_brush_labels(prompted, monkeypatch, synth96):
     np.testing.assert_array_equal(dense, want)
     assert kwargs["points"] is None and kwargs["box"] is None
     assert status == 200 and reply["brush"] == "used"
-    base = real(prompted.model.predictor.encode(decode_image(synth96)))
+    base = real(prompted.model.predictor.encode(read_image(synth96)))
     assert not torch.equal(base.low_res_logits, result.low_res_logits)
 
 

@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
 from sam2oct.errors import RequestError
-from sam2oct.masks import decode_cvat_rle, encode_cvat_rle, to_detector_mask, to_interactor_crop
+from sam2oct.masks import rle_to_mask, mask_to_rle, to_detector_mask, to_interactor_crop
 
 # Reference decoders written from the CVAT spec, independent of the code under test.
 
@@ -57,14 +57,14 @@ def test_hand_checked_example():
     assert to_interactor_crop(EXAMPLE) == ([[1, 1], [0, 1]], [1, 1, 2, 2])
     assert to_detector_mask(EXAMPLE) == [255, 255, 0, 255, 1, 1, 2, 2]
     # first pixel of the box is set, so the leading zero run is empty
-    assert encode_cvat_rle(EXAMPLE) == [0, 2, 1, 1, 1, 1, 2, 2]
+    assert mask_to_rle(EXAMPLE) == [0, 2, 1, 1, 1, 1, 2, 2]
     # the inverse's box is the whole 5x4 image; rows 11111 10011 11011 11111
-    assert encode_cvat_rle(~EXAMPLE) == [0, 6, 2, 4, 1, 7, 0, 0, 4, 3]
+    assert mask_to_rle(~EXAMPLE) == [0, 6, 2, 4, 1, 7, 0, 0, 4, 3]
 
 
 def test_rle_decodes_cvat_example_with_float_values():
     # CVAT stores shape points as floats; a 2x2 box with an L-shape
-    mask = decode_cvat_rle([1.0, 3.0, 3.0, 2.0, 4.0, 3.0], 5, 6)
+    mask = rle_to_mask([1.0, 3.0, 3.0, 2.0, 4.0, 3.0], 5, 6)
     expected = np.zeros((5, 6), bool)
     expected[2, 4] = expected[3, 3] = expected[3, 4] = True
     assert (mask == expected).all()
@@ -89,7 +89,7 @@ def test_round_trips_at_image_border(name):
 
 def test_full_image_round_trips():
     mask = np.ones((3, 4), bool)
-    assert encode_cvat_rle(mask) == [0, 12, 0, 0, 3, 2]
+    assert mask_to_rle(mask) == [0, 12, 0, 0, 3, 2]
     assert to_interactor_crop(mask)[1] == [0, 0, 3, 2]
     _check_round_trips(mask)
 
@@ -101,20 +101,20 @@ def test_non_bool_masks_use_non_zero_as_set():
     assert to_detector_mask(mask.astype(np.float32)) == [255, 255, 2, 1, 2, 2]
 
 
-@pytest.mark.parametrize("encode", [to_interactor_crop, to_detector_mask, encode_cvat_rle])
+@pytest.mark.parametrize("encode", [to_interactor_crop, to_detector_mask, mask_to_rle])
 def test_empty_mask_cannot_be_encoded(encode):
     with pytest.raises(ValueError, match="empty"):
         encode(np.zeros((3, 3), bool))
 
 
-@pytest.mark.parametrize("encode", [to_interactor_crop, to_detector_mask, encode_cvat_rle])
+@pytest.mark.parametrize("encode", [to_interactor_crop, to_detector_mask, mask_to_rle])
 def test_encoders_want_2d(encode):
     with pytest.raises(ValueError, match="2-D"):
         encode(np.ones((2, 2, 1), bool))
 
 
 def test_all_zero_runs_decode_to_empty_mask():
-    assert not decode_cvat_rle([6, 1, 1, 3, 2], 4, 5).any()
+    assert not rle_to_mask([6, 1, 1, 3, 2], 4, 5).any()
 
 
 BAD_RLE = {
@@ -142,13 +142,13 @@ BAD_RLE = {
 def test_malformed_rle_is_refused(name):
     points, message = BAD_RLE[name]
     with pytest.raises(RequestError, match=message) as caught:
-        decode_cvat_rle(points, 4, 5)
+        rle_to_mask(points, 4, 5)
     assert caught.value.status == 400
 
 
 def _check_round_trips(mask):
     height, width = mask.shape
-    (crop, bounds), detector, rle = to_interactor_crop(mask), to_detector_mask(mask), encode_cvat_rle(mask)
+    (crop, bounds), detector, rle = to_interactor_crop(mask), to_detector_mask(mask), mask_to_rle(mask)
     json.dumps([crop, bounds, detector, rle])  # plain JSON types only
     assert all(plain_ints(row) for row in crop) and set(np.ravel(crop)) <= {0, 1}
     assert plain_ints(bounds) and plain_ints(detector) and plain_ints(rle)
@@ -157,7 +157,7 @@ def _check_round_trips(mask):
     assert (decode_interactor(crop, bounds, height, width) == mask).all()
     assert (decode_detector(detector, height, width) == mask).all()
     assert (decode_rle(rle, height, width) == mask).all()
-    assert (decode_cvat_rle(rle, height, width) == mask).all()
+    assert (rle_to_mask(rle, height, width) == mask).all()
     # the box is tight: every edge of it holds a set pixel
     xtl, ytl, xbr, ybr = bounds
     assert mask[ytl].any() and mask[ybr].any() and mask[:, xtl].any() and mask[:, xbr].any()
@@ -171,4 +171,4 @@ def test_random_masks_round_trip(mask):
         _check_round_trips(mask)
     else:
         with pytest.raises(ValueError):
-            encode_cvat_rle(mask)
+            mask_to_rle(mask)

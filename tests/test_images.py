@@ -9,7 +9,7 @@ import pytest
 from conftest import DATA
 from PIL import Image
 
-from sam2oct.decoding import DEFAULT_MAX_PIXELS, decode_image
+from sam2oct.images import DEFAULT_MAX_PIXELS, read_image
 from sam2oct.errors import RequestError
 
 RNG = np.random.default_rng(1234)
@@ -35,7 +35,7 @@ def read(path) -> np.ndarray:
 
 def refused(data, status=400, **kw) -> RequestError:
     with pytest.raises(RequestError) as info:
-        decode_image(data, **kw)
+        read_image(data, **kw)
     assert info.value.status == status, str(info.value)
     return info.value
 
@@ -43,7 +43,7 @@ def refused(data, status=400, **kw) -> RequestError:
 # --- accepted formats -------------------------------------------------------------------------------
 
 def test_8bit_grey_png_is_v_over_255():
-    out = decode_image(encode(Image.fromarray(GREY)))
+    out = read_image(encode(Image.fromarray(GREY)))
     assert out.dtype == np.float32 and out.shape == GREY.shape
     assert np.array_equal(out, GREY.astype(np.float32) / np.float32(255))
     assert np.abs(out - GREY / 255.0).max() < 1e-7
@@ -58,14 +58,14 @@ def test_colour_modes_of_a_grey_picture(mode):
     else:
         im = Image.fromarray(GREY).convert(mode)
     assert im.mode == mode
-    out = decode_image(encode(im))
+    out = read_image(encode(im))
     assert np.abs(out - GREY / 255.0).max() < 1e-6
 
 
 def test_rgb_is_luma():
     rgb = np.zeros((4, 4, 3), np.uint8)
     rgb[..., 0] = 255  # pure red -> ITU-R 601 luma 0.299
-    out = decode_image(encode(Image.fromarray(rgb)))
+    out = read_image(encode(Image.fromarray(rgb)))
     assert np.allclose(out, 0.299, atol=1 / 255)
 
 
@@ -73,8 +73,8 @@ def test_16bit_png_maps_full_range():
     with Image.open(DATA / "bscan_768x496_s1_16bit.png") as im16:
         assert im16.mode.startswith("I")  # really a 16-bit file
     raw8 = read(DATA / "bscan_768x496_s1.png")
-    out8 = decode_image((DATA / "bscan_768x496_s1.png").read_bytes())
-    out16 = decode_image((DATA / "bscan_768x496_s1_16bit.png").read_bytes())
+    out8 = read_image((DATA / "bscan_768x496_s1.png").read_bytes())
+    out16 = read_image((DATA / "bscan_768x496_s1_16bit.png").read_bytes())
     assert out16.shape == (496, 768) and out16.dtype == np.float32
     assert np.abs(out16 - out8).max() < 1e-6  # v16 = 257 * v8
     assert len(np.unique(out16)) == len(np.unique(raw8)) > 100
@@ -85,14 +85,14 @@ def test_16bit_png_maps_full_range():
 
 def test_16bit_values_above_8_bits_are_kept():
     ramp = np.linspace(0, 65535, 64 * 64).round().astype(np.uint16).reshape(64, 64)
-    out = decode_image(encode(Image.fromarray(ramp)))
+    out = read_image(encode(Image.fromarray(ramp)))
     assert np.abs(out - ramp / 65535.0).max() < 1e-6
     assert out.min() == 0.0 and out.max() == 1.0
     assert len(np.unique(out)) > 1000  # far more levels than 8 bits hold
 
 
 def test_jpeg_decodes():
-    out = decode_image((DATA / "bscan_768x496_s1.jpg").read_bytes())
+    out = read_image((DATA / "bscan_768x496_s1.jpg").read_bytes())
     ref = read(DATA / "bscan_768x496_s1.png") / 255.0
     assert out.shape == (496, 768)
     assert np.abs(out - ref).mean() < 0.02
@@ -101,18 +101,18 @@ def test_jpeg_decodes():
 @pytest.mark.parametrize("bits", [8, 16])
 def test_tiff_decodes(bits):
     a = GREY if bits == 8 else GREY.astype(np.uint16) * 257 + 3
-    out = decode_image(encode(Image.fromarray(a), "TIFF"))
+    out = read_image(encode(Image.fromarray(a), "TIFF"))
     assert np.abs(out - a / (255.0 if bits == 8 else 65535.0)).max() < 1e-6
 
 
 def test_float_tiff_is_stretched():
     a = np.linspace(-2.0, 6.0, 12 * 10, dtype=np.float32).reshape(12, 10)
-    out = decode_image(encode(Image.fromarray(a, mode="F"), "TIFF"))
+    out = read_image(encode(Image.fromarray(a, mode="F"), "TIFF"))
     assert np.abs(out - (a + 2) / 8).max() < 1e-6
 
 
 def test_bmp_decodes():
-    assert np.array_equal(decode_image(encode(Image.fromarray(GREY), "BMP")), GREY / np.float32(255))
+    assert np.array_equal(read_image(encode(Image.fromarray(GREY), "BMP")), GREY / np.float32(255))
 
 
 @pytest.mark.parametrize("orientation, k", [(6, -1), (8, 1)])  # 6: rotate 90 CW to view, 8: 90 CCW
@@ -120,7 +120,7 @@ def test_exif_rotated_jpeg_comes_back_upright(orientation, k):
     stored = smooth(60, 100)
     exif = Image.Exif()
     exif[0x0112] = orientation
-    out = decode_image(encode(Image.fromarray(stored), "JPEG", exif=exif.tobytes(), quality=95))
+    out = read_image(encode(Image.fromarray(stored), "JPEG", exif=exif.tobytes(), quality=95))
     upright, wrong = np.rot90(stored, k) / 255.0, np.rot90(stored, -k) / 255.0
     assert out.shape == (100, 60)
     assert np.abs(out - upright).mean() < 0.01
@@ -132,7 +132,7 @@ def test_cmyk_jpeg_accepted():
     data = encode(Image.fromarray(stored).convert("RGB").convert("CMYK"), "JPEG", quality=95)
     with Image.open(io.BytesIO(data)) as im:
         assert im.mode == "CMYK"
-    out = decode_image(data)
+    out = read_image(data)
     assert out.shape == (40, 50) and 0.0 <= out.min() and out.max() <= 1.0
     assert np.abs(out - stored / 255.0).mean() < 0.03
 
@@ -193,7 +193,7 @@ def test_crafted_header_would_fail_decoding():
 def test_max_pixels_is_configurable():
     data = encode(Image.fromarray(GREY))
     refused(data, status=413, max_pixels=GREY.size - 1)
-    assert decode_image(data, max_pixels=GREY.size).shape == GREY.shape
+    assert read_image(data, max_pixels=GREY.size).shape == GREY.shape
 
 
 def test_32bit_int_image_out_of_range():

@@ -12,7 +12,7 @@ DEFAULT_MAX_PIXELS = 4096 * 4096
 _SIXTEEN_BIT_MODES = ("I;16", "I;16B", "I;16L", "I;16N")
 
 
-def decode_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
+def read_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
     """Image file bytes -> float32 [H, W] grey in [0, 1].
 
     8-bit images map v -> v/255 (what the model was trained on); 16-bit grey maps its full
