@@ -16,7 +16,7 @@ except ImportError:  # pragma: no cover
 def init_context(context):
     context.logger.info("sam2-oct: loading the model")
     try:
-        handler = ModelHandler(Settings.from_env())
+        handler = ModelHandler(Settings.from_env(), logger=context.logger)
     except Exception as exc:
         # Said once, plainly; the worker then dies and Nuclio restarts it (restartPolicy).
         context.logger.error(f"sam2-oct: cannot start: {exc}")

@@ -45,8 +45,7 @@ def read_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
             if getattr(im, "n_frames", 1) > 1:  # counting frames parses the file further (TIFF)
                 raise RequestError(f"image has {im.n_frames} frames; send one B-scan per request")
             im.load()
-            im = ImageOps.exif_transpose(im)
-            return _to_unit_gray(im)
+            return gray_from_pil(im)
         except (RequestError, MemoryError):
             raise
         except Exception as exc:  # see above: whatever PIL raises on a malformed file is a 400
@@ -54,7 +53,8 @@ def read_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
                                f"{type(exc).__name__}: {exc}") from exc
 
 
-def _to_unit_gray(im: Image.Image) -> np.ndarray:
+def gray_from_pil(im: Image.Image) -> np.ndarray:
+    im = ImageOps.exif_transpose(im)
     if im.mode in _SIXTEEN_BIT_MODES:
         return np.asarray(im, dtype=np.float32) / 65535.0
     if im.mode == "I":  # 32-bit int: 16-bit PNG/TIFF data as some decoders deliver it

@@ -79,8 +79,8 @@ class FeatureCache:
 class SemanticPredictor:
     """The model plus its preprocessing and feature cache; safe to share between threads."""
 
-    def __init__(self, model: SemanticSAM2, preprocess: str = "stretch", cache_size: int = 8,
-                 bf16: bool | None = None):
+    def __init__(self, model: SemanticSAM2, preprocess: str = "stretch", cache_bytes: int = 2 << 30,
+                 bf16: bool | None = None, cache_size: int = 8):
         self.model = model.eval()
         self.preprocess = check_mode(preprocess)
         self.device = next(model.parameters()).device
@@ -117,7 +117,8 @@ class SemanticPredictor:
             self.cache.put(key, encoded)
         return encoded
 
-    def decode(self, encoded: EncodedImage, points=None, labels=None, box=None, dense_labels=None) -> Prediction:
+    def decode(self, encoded: EncodedImage, points=None, labels=None, box=None, dense_labels=None, *,
+               confidence=False, logits=False) -> Prediction:
         """Prompts in image pixels -> per-class logits and the label map at the image size.
 
         points [N,2] (x, y) with labels [N] (1 positive, 0 negative); box (x1, y1, x2, y2);

@@ -74,7 +74,7 @@ def detector():
 def prompted():
     h = Worker()
     # The tiny K=9 weights stand in for a prompt-trained checkpoint.
-    h.model.profile = dataclasses.replace(h.model.profile, prompted=True)
+    h.model.pipeline.profile = dataclasses.replace(h.model.profile, prompted=True)
     return h
 
 
@@ -82,7 +82,7 @@ def prompted():
 
 def prediction(h, data):
     """The model's own prediction for a frame, straight from the worker's predictor."""
-    gray = read_image(data, h.model.settings.max_pixels)
+    gray = read_image(data, h.model.settings.options.max_pixels)
     return h.model.predictor.predict(gray)
 
 
@@ -222,18 +222,18 @@ def test_init_builds_one_model_handler_per_worker(monkeypatch, synth96):
     built = []
     real = model_handler.ModelHandler
 
-    def counting(settings):
+    def counting(settings, **kw):
         built.append(settings)
-        return real(settings)
+        return real(settings, **kw)
 
     monkeypatch.setattr("main.ModelHandler", counting)
     before = dict(os.environ)
-    h = Worker(SAM2OCT_CACHE_SIZE="3")
+    h = Worker(SAM2OCT_SIMPLIFY="0.5")
     assert dict(os.environ) == before  # the harness put the environment back
-    assert h.model.predictor.cache.max_entries == 3  # ... after init read it
+    assert h.model.pipeline.options.simplify == 0.5  # ... after init read it
     model = h.model
     assert len(built) == 1 and isinstance(model, real)
-    assert built[0].checkpoint.endswith("tiny_k9.pt") and built[0].warmup is False
+    assert built[0].options.checkpoint.endswith("tiny_k9.pt") and built[0].warmup is False
     for _ in range(3):
         assert h.call({"image": b64(synth96)})[0] == 200
     assert len(built) == 1 and h.model is model  # requests reuse the worker's model
@@ -262,19 +262,19 @@ def test_warm_up_runs_once_and_leaves_no_trace(monkeypatch, interactor, synth96)
 
 
 @pytest.mark.parametrize("env, words", [
-    ({"SAM2_CHECKPOINT": None}, ["SAM2_CHECKPOINT", "is not set", "python -m sam2oct download"]),
+    ({"SAM2_CHECKPOINT": None}, ["SAM2_CHECKPOINT", "no checkpoint given", "python -m sam2oct download"]),
     ({"SAM2_CHECKPOINT": "{tmp}/models/nowhere.pt"},
-     ["SAM2_CHECKPOINT={tmp}/models/nowhere.pt", "not found", "python -m sam2oct download"]),
-    ({"SAM2_CHECKPOINT": "{tmp}/garbage.pt"}, ["SAM2_CHECKPOINT={tmp}/garbage.pt", "python -m sam2oct download"]),
+     ["SAM2_CHECKPOINT", "{tmp}/models/nowhere.pt", "not found", "python -m sam2oct download"]),
+    ({"SAM2_CHECKPOINT": "{tmp}/garbage.pt"}, ["SAM2_CHECKPOINT", "{tmp}/garbage.pt", "python -m sam2oct download"]),
     ({"SAM2_CHECKPOINT": "{tmp}/truncated.pt"},
-     ["SAM2_CHECKPOINT={tmp}/truncated.pt", "not a readable PyTorch checkpoint", "python -m sam2oct download"]),
+     ["SAM2_CHECKPOINT", "{tmp}/truncated.pt", "not a readable PyTorch checkpoint", "python -m sam2oct download"]),
     ({"SAM2_CONFIG": "{tmp}/missing.yaml"}, ["{tmp}/missing.yaml", "SAM2_CONFIG"]),
     ({"SAM2OCT_MODE": "foo"}, ["SAM2OCT_MODE", "'foo'", "interactor", "detector"]),
     ({"SAM2OCT_PROFILE": "mgu"}, ["SAM2OCT_PROFILE", "mgu", "9 classes", "11"]),
     ({"SAM2OCT_PROFILE": "mgu_prompted"}, ["SAM2OCT_PROFILE", "mgu_prompted", "9 classes", "11"]),
     ({"SAM2OCT_PROFILE": "nr207"}, ["SAM2OCT_PROFILE", "nr207"]),
     ({"SAM2OCT_LABEL_STYLE": "colour"}, ["SAM2OCT_LABEL_STYLE", "colour"]),
-    ({"SAM2OCT_CACHE_SIZE": "lots"}, ["SAM2OCT_CACHE_SIZE", "lots", "integer"]),
+    ({"SAM2OCT_CACHE_MB": "lots"}, ["SAM2OCT_CACHE_MB", "lots", "not a number"]),
     ({"SAM2OCT_CLASS_NAMES": "a,b,c"}, ["SAM2OCT_CLASS_NAMES", "3 names", "9 classes"]),
     ({"SAM2_DEVICE": "not-a-device"}, ["SAM2_DEVICE", "not-a-device"]),
 ])
@@ -385,17 +385,35 @@ def test_everything_removed_is_422(interactor, synth96):
     lm = truth(interactor, synth96)
     click = click_in(lm, 2)
     status, reply = interactor.call({"image": b64(synth96), "pos_points": [click], "neg_points": [click]})
-    assert status == 422 and "background" in reply["error"]
+    # the reason names what removed the layer, not background
+    assert status == 422 and "negative click" in reply["error"] and "background" not in reply["error"]
 
 
-def test_clicks_on_background_only_are_422(interactor, synth96):
-    lm = truth(interactor, synth96)
+def test_clicks_on_background_only_are_422(synth96):
+    unsnapped = Worker(SAM2OCT_SNAP_PX="0")  # the tiny model leaves background only next to layers
+    lm = truth(unsnapped, synth96)
     background = np.argwhere(lm == 0)
     assert len(background) >= 2, "fixture frame needs background pixels"
     clicks = [[float(c) + 0.5, float(r) + 0.5] for r, c in background[:2]]
-    status, reply = interactor.call({"image": b64(synth96), "pos_points": clicks, "neg_points": []})
+    status, reply = unsnapped.call({"image": b64(synth96), "pos_points": clicks, "neg_points": []})
     assert status == 422
     assert "background" in reply["error"] and set(reply) == {"error"}
+
+
+def test_click_just_off_a_layer_picks_the_nearest_layer(interactor, synth96):
+    lm = truth(interactor, synth96)
+    r, c = np.argwhere(lm == 0)[0]
+    click = [float(c) + 0.5, float(r) + 0.5]
+    status, reply = interactor.call({"image": b64(synth96), "pos_points": [click]})
+    assert status == 200
+    (given, moved), = reply["snapped_clicks"]
+    assert given == click
+    tr, tc = pixel_of(*moved, lm.shape)
+    layer = np.argwhere(lm != 0)
+    nearest = np.sqrt(((layer - [r, c]) ** 2).sum(axis=1)).min()
+    assert lm[tr, tc] != 0 and math.hypot(tr - r, tc - c) == pytest.approx(nearest)
+    assert np.array_equal(stock_mask(reply, lm.shape), region_at(lm, tr, tc))
+    assert reply["labels"] == [NR206[lm[tr, tc]]]
 
 
 @pytest.mark.parametrize("form", ["pairs", "reversed", "crossed", "flat"])
@@ -436,7 +454,7 @@ def test_click_outside_the_box_is_ignored(interactor, synth96):
     lm = truth(interactor, synth96)
     status, reply = interactor.call({"image": b64(synth96), "pos_points": [[5.5, 5.5]],
                                      "obj_bbox": [[50, 30], [75, 50]]})
-    assert status == 422 and "background" in reply["error"]
+    assert status == 422 and "outside the box" in reply["error"] and "background" not in reply["error"]
 
 
 def test_box_outside_the_image_is_400(interactor, synth96):
@@ -766,7 +784,7 @@ def test_prompted_profile_without_prompts(prompted, monkeypatch, synth96):
     calls, _ = spy_decode(monkeypatch, prompted)
     status, reply = prompted.call({"image": b64(synth96)})
     (kwargs, result), = calls
-    assert kwargs == {"points": None, "labels": None, "box": None, "dense_labels": None}
+    assert kwargs == {"points": None, "labels": None, "box": None, "dense_labels": None, "confidence": False}
     assert status == 200 and reply["prompts"] == "model" and "brush" not in reply
     assert np.array_equal(stock_mask(reply, result.label_map.shape), result.label_map != 0)
 
