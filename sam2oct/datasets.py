@@ -94,7 +94,7 @@ def load_dataset(path, class_names, *, max_member_bytes=DEFAULT_MAX_MEMBER_BYTES
     limits = _Limits(max_member_bytes, max_total_bytes, max_members)
     if path.is_dir():
         tree = _DirTree(path, limits)
-    elif zipfile.is_zipfile(path):
+    elif zipfile.is_zipfile(path) or path.suffix.lower() == ".zip":
         tree = _ZipTree(path, limits)
     elif path.suffix.lower() == ".xml":
         tree = _DirTree(path.parent, limits, only_xml=path.name)
@@ -627,23 +627,23 @@ def _read_segmentation_mask(ctx):
             continue
         item = str(PurePosixPath(mask_file[len("SegmentationClass/"):]).with_suffix(""))
         im = ctx.read_png(mask_file)
-        if im.mode in ("L", "I;16", "I"):  # grey masks index labelmap lines (CVAT's import rule)
-            index = np.asarray(im, dtype=np.int64)
-            if index.max() >= len(entries):
-                raise DatasetError(f"{ctx.tree.label}: {mask_file} holds index {index.max()}, but "
-                                   f"labelmap.txt has {len(entries)} lines")
-            names = [n for n, _ in entries]
+        grey = im.mode in ("L", "I;16", "I")  # grey masks index labelmap lines (CVAT's import rule)
+        if grey:
+            codes = np.asarray(im, dtype=np.int64)
         else:
             rgb = np.asarray(im.convert("RGB"), dtype=np.int64)
             codes = rgb[..., 0] << 16 | rgb[..., 1] << 8 | rgb[..., 2]
-            used, index = np.unique(codes, return_inverse=True)
-            index = index.reshape(codes.shape)
-            names = []
-            for code in used.tolist():
-                if code not in colour_code:
-                    raise DatasetError(f"{ctx.tree.label}: {mask_file} has pixels of colour "
-                                       f"{code >> 16},{code >> 8 & 255},{code & 255}, which labelmap.txt does not name")
-                names.append(colour_code[code])
+        used, index = np.unique(codes, return_inverse=True)
+        index = index.reshape(codes.shape)
+        names = []
+        for code in used.tolist():
+            if grey and code >= len(entries):
+                raise DatasetError(f"{ctx.tree.label}: {mask_file} holds index {code}, but "
+                                   f"labelmap.txt has {len(entries)} lines")
+            if not grey and code not in colour_code:
+                raise DatasetError(f"{ctx.tree.label}: {mask_file} has pixels of colour "
+                                   f"{code >> 16},{code >> 8 & 255},{code & 255}, which labelmap.txt does not name")
+            names.append(entries[code][0] if grey else colour_code[code])
         lookup = np.array([ctx.labels.index(n, f"labelmap.txt, used in {mask_file}") for n in names])
         labels = lookup[index].astype(_label_dtype(len(ctx.labels.class_names)))
         if not labels.any():
