@@ -170,12 +170,16 @@ def _evaluate(args) -> int:
           file=sys.stderr)
     modes = ["stretch", "pad-equalize"] if args.preprocess == "both" else [args.preprocess or profile.preprocess]
     predictors = _label_map_predictors(args, modes)
-    reports = {mode: score(dataset, predict) for mode, predict in predictors.items()}
+    def progress(i, n, sample, mode=None):
+        print(f"[{i}/{n}] {sample.name}" + (f" ({mode})" if mode else ""), file=sys.stderr)
+
+    reports = {mode: score(dataset, predict, lambda *a, m=mode: progress(*a, m if len(modes) > 1 else None))
+               for mode, predict in predictors.items()}
     report = compare(reports) if len(reports) > 1 else {"preprocess": modes[0], **reports[modes[0]]}
     report["source"], report["skipped"] = dataset.source, dataset.skipped
     print(format_table(report))
     if args.json:
-        Path(args.json).write_text(json.dumps(report, indent=1))
+        Path(args.json).write_text(json.dumps(report, indent=1, allow_nan=False))
     return 0
 
 

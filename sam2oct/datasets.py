@@ -205,10 +205,12 @@ class _Labels:
         try:
             return self._index[name]
         except KeyError:
+            close = [n for n in self._index if n.lower() == str(name).lower()]
             raise DatasetError(
-                f"unknown label {name!r}{f' ({where})' if where else ''}: the classes are "
-                f"{', '.join(self.class_names)} (or OCT_Object_<k>, k = 0..{len(self.class_names) - 1}); "
-                f"name the classes with --class-names or pick the matching --profile") from None
+                f"unknown label {name!r}{f' ({where})' if where else ''}"
+                f"{f' (did you mean {close[0]!r}?)' if close else ''}: the classes are "
+                f"{', '.join(self.class_names)} (or OCT_Object_<k>, k = 0..{len(self.class_names) - 1})",
+                option="class_names") from None
 
 
 def _label_dtype(n_classes):
@@ -533,6 +535,9 @@ def _read_cvat(ctx):
             if tag in ("polygon", "mask"):
                 shape = _cvat_shape(tag, shape_attrib, f"{where_img}, shape {i + 1}")
                 ctx.labels.index(shape["label"], where_img)  # unknown labels fail before any pixel is read
+                if shape["type"] == "polygon" and len(shape["points"]) < 3:
+                    ctx.skip("polygons with fewer than 3 points")
+                    continue
                 shapes.append(shape)
             else:
                 ctx.skip(tag if tag in _IGNORED_SHAPES else f"<{tag}>")

@@ -81,12 +81,13 @@ def counts_report(counts: dict, class_names) -> dict:
     }
 
 
-def score(dataset: Dataset, predict: Callable[[np.ndarray], np.ndarray]) -> dict:
+def score(dataset: Dataset, predict: Callable[[np.ndarray], np.ndarray], progress=None) -> dict:
     """Run ``predict`` (grey frame -> label map of the same shape) on every sample and score it.
 
     Returns ``{images, classes, per_class: {name: {iou, dice}}, mean_iou, mean_dice,
     boundary_mae_px: {overall, columns, missing, per_boundary: {layer: {mae, columns, missing}}},
     per_image: [{name, volume, per_class, mean_iou, mean_dice, boundary_mae_px}]}``.
+    ``progress(i, n, sample)``, if given, is called after each image.
     """
     names = tuple(dataset.class_names)
     k = len(names)
@@ -103,6 +104,8 @@ def score(dataset: Dataset, predict: Callable[[np.ndarray], np.ndarray]) -> dict
         rep = counts_report(counts, names)
         del rep["classes"]
         per_image.append({"name": sample.name, "volume": sample.volume, **rep})
+        if progress is not None:
+            progress(len(per_image), len(dataset.samples), sample)
     if total is None:
         raise ValueError("the dataset has no samples")
     return {"images": len(dataset.samples), **counts_report(total, names), "per_image": per_image}

@@ -197,6 +197,7 @@ def test_ignored_shapes_and_empty_frames_are_counted(tmp_path):
     shapes = [
         polygon_xml("A", [(0, 0), (4, 0), (4, 4), (0, 4)]),
         '<box label="A" xtl="0" ytl="0" xbr="2" ybr="2" z_order="0"></box>',
+        polygon_xml("B", [(0, 0), (4, 4)]),
         '<box label="B" xtl="0" ytl="0" xbr="2" ybr="2" z_order="0"></box>',
         '<polyline label="A" points="0,0;3,3" z_order="0"></polyline>',
         '<points label="A" points="1,1" z_order="0"></points>',
@@ -211,15 +212,19 @@ def test_ignored_shapes_and_empty_frames_are_counted(tmp_path):
     ds = load(write_zip(tmp_path / "s.zip", {"annotations.xml": xml, "images/a.png": gray_png(4, 4)}))
     assert [s.name for s in ds.samples] == ["a.png"]
     assert ds.skipped == {"box": 2, "polyline": 1, "points": 1, "ellipse": 1, "cuboid": 1, "skeleton": 1,
-                          "tag": 2, "frames without shapes": 2}
+                          "tag": 2, "frames without shapes": 2, "polygons with fewer than 3 points": 1}
     assert (ds.samples[0].labels == 1).all()
 
 
 def test_unknown_label_names_it_and_the_known_ones(tmp_path):
     xml = cvat_xml([("a.png", 4, 4, [polygon_xml("Fluid", [(0, 0), (4, 0), (4, 4)])], "")])
     path = write_zip(tmp_path / "u.zip", {"annotations.xml": xml})  # fails before the (absent) image
-    with pytest.raises(DatasetError, match=r"unknown label 'Fluid'.*background, A, B, C.*OCT_Object_<k>"):
+    with pytest.raises(DatasetError, match=r"unknown label 'Fluid'.*background, A, B, C.*OCT_Object_<k>") as err:
         load(path)
+    assert err.value.option == "class_names"  # front doors name their class-names option
+    xml = cvat_xml([("a.png", 4, 4, [polygon_xml("nfl", [(0, 0), (4, 0), (4, 4)])], "")])
+    with pytest.raises(DatasetError, match=r"unknown label 'nfl' \(.*n.zip: annotations.xml, image 'a.png'\) \(did you mean 'NFL'\?\)"):
+        load(write_zip(tmp_path / "n.zip", {"annotations.xml": xml}), NR206_CLASSES)
 
 
 def test_project_export_with_subsets_and_folders(tmp_path):

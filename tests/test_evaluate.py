@@ -1,6 +1,7 @@
 """evaluate: pooled IoU/Dice and boundary error on hand-made maps, the CLI, and agreement with an
 independent scoring of `segment`'s exact polygons."""
 
+import io
 import json
 import os
 import subprocess
@@ -15,7 +16,9 @@ from conftest import DATA, ROOT, TINY_CKPT, TINY_CONFIG
 from sam2oct import cli
 from sam2oct.datasets import Dataset, Sample, rasterize
 from sam2oct.evaluate import compare, format_table, score
+from sam2oct.polygons import label_map_to_shapes
 from sam2oct.profiles import NR206_CLASSES
+from test_datasets import cvat_xml, polygon_xml, write_zip
 
 EXPORT = DATA / "cvat-export" / "synthetic_cvat_for_images_1.1.zip"
 NAMES = ("background", "A", "B", "C")  # C appears in neither truth nor prediction
@@ -131,27 +134,44 @@ def test_user_errors_end_in_one_line_before_the_model_loads(tmp_path, monkeypatc
 
 
 @pytest.fixture(scope="module")
-def export_images(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("export")
+def cropped_export(tmp_path_factory):
+    """A CVAT export of 200x120 crops of the three B-scans in the sample export (the tiny model's
+    noisy label maps trace into tens of thousands of polygons at full size), their label maps
+    written as exact polygons; returns (zip, [image paths], [truth label maps])."""
+    folder = tmp_path_factory.mktemp("cropped")
+    images, truths, entries, members = [], [], [], {}
     with zipfile.ZipFile(EXPORT) as zf:
-        names = [n for n in zf.namelist() if n.startswith("images/")]
-        zf.extractall(folder, names)
-    return [folder / n for n in names]
+        names = sorted(n for n in zf.namelist() if n.startswith("images/"))
+        for name in names:
+            full = np.asarray(Image.open(DATA / "synthetic" / name[7:].replace(".png", "_labels.png")))
+            top = int(np.flatnonzero(full.any(axis=1))[0]) - 10
+            box = (0, top, 200, top + 120)
+            truth = full[box[1]:box[3], box[0]:box[2]]
+            path = folder / name[7:]
+            Image.open(io.BytesIO(zf.read(name))).crop(box).save(path)
+            members[name] = path.read_bytes()
+            shapes = [polygon_xml(s["label"], s["points"])
+                      for s in label_map_to_shapes(truth, NR206_CLASSES, tolerance=0, min_area=0)]
+            entries.append((name[7:], 200, 120, shapes, ""))
+            images.append(path)
+            truths.append(truth)
+    members["annotations.xml"] = cvat_xml(entries)
+    return write_zip(folder / "cropped.zip", members), images, truths
 
 
-def test_evaluate_agrees_with_an_independent_scoring_of_segment_polygons(export_images, tmp_path, capsys):
+def test_evaluate_agrees_with_an_independent_scoring_of_segment_polygons(cropped_export, tmp_path, capsys):
     """segment's exact polygons, rasterised and scored with plain numpy, give evaluate's figures."""
+    export, images, truths = cropped_export
     seg_json, report_json = tmp_path / "seg.json", tmp_path / "report.json"
-    assert cli.main(["segment", *map(str, export_images), *TINY, "--simplify", "0", "--min-area", "0",
+    assert cli.main(["segment", *map(str, images), *TINY, "--simplify", "0", "--min-area", "0",
                      "--json", str(seg_json)]) == 0
-    assert cli.main(["evaluate", str(EXPORT), *TINY, "--json", str(report_json)]) == 0
+    assert cli.main(["evaluate", str(export), *TINY, "--json", str(report_json)]) == 0
     table = capsys.readouterr().out
     report = json.loads(report_json.read_text())
     k = len(NR206_CLASSES)
     inter, truth_n, pred_n = np.zeros(k), np.zeros(k), np.zeros(k)
     errors, missing = {n: [] for n in NR206_CLASSES[1:]}, 0
-    for result, image in zip(json.loads(seg_json.read_text()), export_images):
-        truth = np.asarray(Image.open(DATA / "synthetic" / image.name.replace(".png", "_labels.png")))
+    for result, truth in zip(json.loads(seg_json.read_text()), truths):
         pred = rasterize(result["shapes"], result["height"], result["width"], NR206_CLASSES)
         for c in range(k):
             inter[c] += np.sum((truth == c) & (pred == c))
