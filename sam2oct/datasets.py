@@ -131,13 +131,13 @@ def split_by_volume(dataset: Dataset, val_fraction: float, seed: int = 0):
     order = np.random.default_rng(seed).permutation(len(keys))
     target = val_fraction * len(dataset.samples)
     val_keys, count = set(), 0
-    for i in order:
+    for i in order:  # in random order, take a volume when it brings the count closer to the target
         size = len(groups[keys[i]])
-        # take a volume when it brings the count closer to the target; always one, never all
-        if not val_keys or abs(count + size - target) < abs(count - target):
-            if len(val_keys) + 1 < len(keys):
-                val_keys.add(keys[i])
-                count += size
+        if abs(count + size - target) < abs(count - target) and len(val_keys) + 1 < len(keys):
+            val_keys.add(keys[i])
+            count += size
+    if not val_keys:  # every volume overshoots: the one nearest the target
+        val_keys.add(keys[min(order, key=lambda i: abs(len(groups[keys[i]]) - target))])
     train = [s for k in keys if k not in val_keys for s in groups[k]]
     val = [s for k in keys if k in val_keys for s in groups[k]]
     return (replace(dataset, samples=train, skipped=dict(dataset.skipped), source=f"{dataset.source}, training split"),

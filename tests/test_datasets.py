@@ -525,3 +525,6 @@ def test_split_by_volume_needs_two_volumes():
         split_by_volume(fake_dataset([("a", 4), ("b", 1)]), 1.0, 0)
     train, val = split_by_volume(fake_dataset([("a", 4), ("b", 1)]), 0.9, 0)
     assert train.samples and val.samples  # never everything on one side
+    for seed in range(5):  # a small fraction never takes the big volume
+        train, val = split_by_volume(fake_dataset([("big", 20), ("b", 2), ("c", 3)]), 0.05, seed)
+        assert {s.volume for s in val.samples} == {"b"}
