@@ -141,21 +141,23 @@ def test_simplified_polygons_rasterize_to_the_same_partition_as_rasterize_shapes
 
 
 def test_centre_rule_on_shared_and_diagonal_edges():
-    # two triangles sharing the diagonal of a 4x4 square: every pixel centre goes to exactly one side
+    def alone(shape, h, w):
+        return rasterize([shape], h, w, ABC) > 0
+
+    # two triangles sharing the diagonal of a 4x4 square; the diagonal runs through 4 pixel centres
     lower = {"label": "A", "type": "polygon", "points": [[0, 0], [4, 4], [0, 4]]}
     upper = {"label": "B", "type": "polygon", "points": [[0, 0], [4, 0], [4, 4]]}
-    got = rasterize([lower, upper], 4, 4, ABC)
-    assert (got > 0).all()
-    # centres strictly below the diagonal (y > x) are A's, strictly above are B's
-    yy, xx = np.mgrid[:4, :4]
-    assert (got[yy > xx] == 1).all() and (got[yy < xx] == 2).all()
-    # a polygon edge through pixel centres at x = 1.5: centres of column 1 lie on it
+    # an edge at x = 1.5 runs through the centres of column 1
     left = {"label": "C", "type": "polygon", "points": [[0, 0], [1.5, 0], [1.5, 2], [0, 2]]}
     right = {"label": "A", "type": "polygon", "points": [[1.5, 0], [4, 0], [4, 2], [1.5, 2]]}
-    alone = rasterize([left], 2, 4, ABC)
-    assert (alone[:, 0] == 3).all() and (alone[:, 2:] == 0).all()
-    both = rasterize([left, right], 2, 4, ABC)
-    assert (both > 0).all()  # the two halves tile the pixels: no centre is lost on the shared edge
+    yy, xx = np.mgrid[:4, :4]
+    for a, b, h in ((lower, upper, 4), (left, right, 2)):
+        in_a, in_b = alone(a, h, 4), alone(b, h, 4)
+        assert not (in_a & in_b).any() and (in_a | in_b).all()  # each centre on the shared edge goes to one side
+    assert alone(lower, 4, 4)[yy > xx].all() and not alone(lower, 4, 4)[yy < xx].any()
+    assert alone(left, 2, 4)[:, 0].all() and not alone(left, 2, 4)[:, 2:].any()
+    both = rasterize([lower, upper], 4, 4, ABC)
+    assert (both[yy > xx] == 1).all() and (both[yy < xx] == 2).all()
 
 
 # --- CVAT for images: painting order, ignored shapes, labels ------------------------------------------
