@@ -37,7 +37,15 @@ if torch_index_reachable; then
     echo "set-up: torch 2.13.0 + torchvision 0.28.0, CPU builds from $TORCH_INDEX"
     .venv/bin/python -m pip install -q -c constraints.txt --index-url "$TORCH_INDEX" \
         torch==2.13.0 torchvision==0.28.0
-    .venv/bin/python -c "import torch, torchvision; print('set-up: torch', torch.__version__, 'torchvision', torchvision.__version__)"
+    # the pair must work together (a torchvision built for another torch fails on import)
+    .venv/bin/python - "$TORCH_INDEX" <<'EOF'
+import sys
+try:
+    import torch, torchvision
+except Exception as exc:
+    sys.exit(f"set-up: torch and torchvision from {sys.argv[1]} do not work together: {type(exc).__name__}: {exc}")
+print("set-up: torch", torch.__version__, "torchvision", torchvision.__version__)
+EOF
 else
     echo "set-up: PyTorch's CPU index unreachable: torch 2.13.0 only, from the default package index"
     .venv/bin/python -m pip install -q -c constraints.txt torch==2.13.0
