@@ -6,8 +6,9 @@
 # on Linux the default index (PyPI) serves the CUDA build, several GB of nvidia-* wheels. Where
 # that index cannot be reached (an offline mirror, an air-gapped CI machine), torch alone comes
 # from the configured default index instead; torchvision then arrives with sam2 from there and
-# may not import (nothing here needs it). SETUP_TORCH_INDEX names another CPU wheel index
-# (e.g. a local mirror of it); set it empty to skip PyTorch's index.
+# may not import (nothing here needs it). SETUP_TORCH_INDEX names another index for the pair
+# (a local mirror of the CPU index; https://pypi.org/simple for the CUDA build on a Linux GPU
+# host); set it empty to skip PyTorch's index.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
@@ -34,7 +35,7 @@ EOF
 }
 
 if torch_index_reachable; then
-    echo "set-up: torch 2.13.0 + torchvision 0.28.0, CPU builds from $TORCH_INDEX"
+    echo "set-up: torch 2.13.0 + torchvision 0.28.0 from $TORCH_INDEX"
     .venv/bin/python -m pip install -q -c constraints.txt --index-url "$TORCH_INDEX" \
         torch==2.13.0 torchvision==0.28.0
     # the pair must work together (a torchvision built for another torch fails on import)
@@ -47,7 +48,7 @@ except Exception as exc:
 print("set-up: torch", torch.__version__, "torchvision", torchvision.__version__)
 EOF
 else
-    echo "set-up: PyTorch's CPU index unreachable: torch 2.13.0 only, from the default package index"
+    echo "set-up: ${TORCH_INDEX:-no torch index} not usable: torch 2.13.0 only, from the default package index"
     .venv/bin/python -m pip install -q -c constraints.txt torch==2.13.0
 fi
 
