@@ -5,7 +5,7 @@ import pytest
 from sam2oct.errors import ConfigError
 from sam2oct.profiles import PROFILES, parse_class_names, resolve_profile
 
-# Copied from the table in the model spec (semantic-sam2.md), not from the code.
+# Copied from the profile table in README.md (the released checkpoints' classes), not from the code.
 MGU = ("background", "RNFL", "GCL", "IPL", "INL", "OPL", "ONL", "IS/OS", "RPE", "Choroid", "Disc")
 NR206 = ("background", "NFL", "GCL+IPL", "INL", "OPL", "ONL", "ELM+IS", "OS", "RPE")
 TABLE = {
