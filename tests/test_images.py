@@ -101,7 +101,7 @@ def test_12bit_scan_in_16bit_container_gives_the_8bit_grey_and_layers(tiny_model
     out8, out12 = read_image(data8), read_image(data12)
     assert out12.dtype == np.float32 and out12.max() == 1.0
     assert np.array_equal(out12, out8)  # exactly the same grey input
-    predictor = SemanticPredictor(tiny_model, cache_bytes=0)
+    predictor = SemanticPredictor(tiny_model)
     assert np.array_equal(predictor.predict(out12).label_map, predictor.predict(out8).label_map)
 
 
