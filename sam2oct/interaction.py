@@ -15,7 +15,7 @@ from scipy import ndimage
 
 @dataclass
 class Selection:
-    label_map: np.ndarray  # [H, W] uint8: the model's labels after box and negative clicks
+    label_map: np.ndarray  # [H, W] the model's labels (same dtype) after box and negative clicks
     mask: np.ndarray  # [H, W] bool: what the annotator picked
     picked: list  # class indices picked, in order of first click
     ignored_clicks: list  # positive clicks that fell on background or a removed region
