@@ -309,7 +309,12 @@ class SemanticPredictor:
         with torch.inference_mode():
             for c0 in range(0, k, step):
                 up = geo.raster_to_image(low_res[:, c0:c0 + step])[0]
-                value, cls = up.max(dim=0)  # ties: the first class, as argmax
+                if len(up) == 1:  # one class per step (large frames): no index map to build
+                    value = up[0]
+                    cls = torch.full_like(value, c0, dtype=torch.int32) if best is None else c0
+                else:
+                    value, cls = up.max(dim=0)  # ties: the first class, as argmax
+                    cls = cls.to(torch.int32) + c0
                 if best is None:
                     best, best_class = value, cls
                     if confidence:
@@ -318,7 +323,7 @@ class SemanticPredictor:
                 top = torch.maximum(best, value)
                 if confidence:
                     total = total * torch.exp(best - top) + torch.exp(up - top).sum(dim=0)
-                best_class = torch.where(value > best, cls + c0, best_class)
+                best_class = torch.where(value > best, cls, best_class)  # strictly: ties keep the first
                 best = top
             label_map = best_class.cpu().numpy().astype(label_dtype(k))
             conf = None if total is None else total.reciprocal().float().cpu().numpy()
