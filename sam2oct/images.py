@@ -13,7 +13,9 @@ _INTEGER_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I")  # 16- and 32-bit inte
 
 
 def read_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
-    """Image file bytes -> float32 [H, W] grey in [0, 1] (see :func:`gray_from_pil`).
+    """Image file bytes -> float32 [H, W] grey in [0, 1], converted by :func:`gray_from_pil`:
+    8-bit grey v / 255; 16- and 32-bit integer frames v / (their maximum), as CVAT shows them,
+    so 12-bit OCT data in a 16-bit file is not nearly black; EXIF orientation applied.
 
     The pixel count is checked from the header, before any pixel is decoded, so a small file
     declaring a huge canvas costs nothing. Files holding several frames are refused.
