@@ -110,13 +110,13 @@ def load_config(config=None):
     else:
         path = Path(config)
         if not path.is_file():
-            raise CheckpointError(f"model config file not found: {path} (SAM2_CONFIG)")
+            raise CheckpointError(f"model config file not found: {path}", option="config")
         text, name = path.read_text(), str(path)
     try:
         cfg = OmegaConf.create(text)
         model_cfg = cfg.model
     except Exception as exc:
-        raise CheckpointError(f"{name}: not a SAM 2 model config: {exc}") from exc
+        raise CheckpointError(f"{name}: not a SAM 2 model config: {exc}", option="config") from exc
     return model_cfg
 
 
@@ -142,7 +142,7 @@ def check_state_dict(model: torch.nn.Module, sd: dict, path="checkpoint") -> Non
     if wrong:
         raise CheckpointError(
             f"{path}: {len(wrong)} weights have the wrong shape for this config (another SAM 2 size? "
-            f"set SAM2_CONFIG): {_keys(wrong, 5)}"
+            f"name its model config): {_keys(wrong, 5)}"
         )
     unknown = sd.keys() - expected.keys()
     if unknown:

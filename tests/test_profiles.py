@@ -90,8 +90,9 @@ def test_class_name_override_duplicates():
 
 
 def test_custom_class_count_needs_names():
-    with pytest.raises(ConfigError, match="SAM2OCT_CLASS_NAMES"):
+    with pytest.raises(ConfigError, match="5 comma-separated names") as info:
         resolve_profile(5)
+    assert info.value.option == "class_names"  # each front door names its own setting
     p = resolve_profile(5, None, "bg,a,b,c,d")
     assert p.num_classes == 5 and p.class_names == ("bg", "a", "b", "c", "d")
     with pytest.raises(ConfigError):
