@@ -41,7 +41,7 @@ class ModelHandler:
 
     def interact(self, req: cvat.InteractorRequest) -> dict:
         p = self.pipeline
-        encoded = p.encode(p.read_image(req.image))
+        encoded = p.encode_file(req.image)
         h, w = encoded.geometry.height, encoded.geometry.width
         pos = cvat.fit_points(req.pos_points, h, w, "positive")
         neg = cvat.fit_points(req.neg_points, h, w, "negative")

@@ -11,6 +11,7 @@ default lives in ``PipelineOptions``; errors name the option neutrally (``exc.op
 
 from __future__ import annotations
 
+import hashlib
 import threading
 from collections import OrderedDict
 from contextlib import contextmanager
@@ -230,6 +231,10 @@ class Region:
         return full
 
 
+# A kept grey frame is at most this large (4 Mpx), so the recent files hold 64 MiB at most.
+_RECENT_FILE_BYTES = 16 << 20
+
+
 class _SmallLRU:
     """A few recent frames' traced shapes: a click on a frame seen before only selects among them."""
 
@@ -282,6 +287,7 @@ class Pipeline:
         self.label_index = {f"OCT_Object_{i}": i for i in range(k)}
         self.label_index.update({n: i for i, n in enumerate(self.profile.class_names)})
         self._shapes = _SmallLRU(16)
+        self._recent_files = _SmallLRU(4)  # image file digest -> its grey frame
 
     @property
     def device(self) -> torch.device:
@@ -310,6 +316,18 @@ class Pipeline:
 
     def encode(self, gray: np.ndarray) -> EncodedImage:
         return self.predictor.encode(gray)
+
+    def encode_file(self, data: bytes) -> EncodedImage:
+        """Image file bytes -> features, as ``encode(read_image(data))``. CVAT resends the frame
+        with every click: the last few files' grey frames are kept by the file's digest, so a
+        click does not decode the image again (the feature cache then finds its features)."""
+        digest = hashlib.blake2b(data, digest_size=20).digest()
+        gray = self._recent_files.get(digest)
+        if gray is None:
+            gray = self.read_image(data)
+            if gray.nbytes <= _RECENT_FILE_BYTES:
+                self._recent_files.put(digest, gray)
+        return self.encode(gray)
 
     # --- features to label map -----------------------------------------------------------
 
@@ -438,6 +456,7 @@ class Pipeline:
         """Drop cached features and shapes (and the CUDA allocator's spare blocks)."""
         self.predictor.cache.clear()
         self._shapes.clear()
+        self._recent_files.clear()
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
 
