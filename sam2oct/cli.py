@@ -19,6 +19,7 @@ it in the command line's names.
 """
 
 import argparse
+import json
 import os
 import sys
 from dataclasses import fields, replace
@@ -241,8 +242,6 @@ def _write(option: str, write, path) -> None:
 
 
 def _segment(args) -> int:
-    import json
-
     from sam2oct.pipeline import Pipeline, preflight
 
     # Each image is encoded once and decoded from its own features: no feature cache.
@@ -329,15 +328,10 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("data", metavar="DATA",
                     help="CVAT export (zip or folder: 'CVAT for images 1.1', 'Segmentation mask 1.1') "
                          "or a folder with images/ and labels/")
-    ev.add_argument("--checkpoint", required=True, help="SAM2-OCT checkpoint file")
-    ev.add_argument("--config", default=None, help="SAM 2 model config (default: SAM 2.1 Hiera Base+)")
-    ev.add_argument("--profile", choices=sorted(PROFILES), help="default: inferred from the class count")
-    ev.add_argument("--class-names", help="comma-separated class names overriding the profile's")
-    ev.add_argument("--preprocess", choices=["stretch", "pad-equalize", "both"],
-                    help="default: the profile's; 'both' scores the two side by side")
-    ev.add_argument("--device", help="cpu, cuda, cuda:N (default: cuda when available)")
+    add_option_flags(ev, MODEL_OPTIONS + ("max_pixels",), preprocess={
+        "choices": list(PREPROCESS_MODES) + ["both"],
+        "help": OPTION_HELP["preprocess"] + "; 'both' scores the two side by side"})
     ev.add_argument("--json", help="write the full report here (per class, per image)")
-    ev.add_argument("--max-pixels", type=int, default=4096 * 4096)
     ev.set_defaults(run=_evaluate)
     return parser
 
@@ -353,23 +347,24 @@ def main(argv=None) -> int:
 
 
 def _evaluate(args) -> int:
-    from sam2oct.checkpoint import num_classes_of, read_state_dict
     from sam2oct.datasets import DatasetError, load_dataset
     from sam2oct.evaluate import compare, format_table, score
-    from sam2oct.profiles import resolve_profile
+    from sam2oct.pipeline import preflight
 
     if not Path(args.data).exists():
         raise DatasetError(f"dataset not found: {args.data}")
-    # The classes come from the checkpoint's K (weights mapped, not built into a model), so a
-    # label the model does not know stops the run before the slow part.
-    k = num_classes_of(read_state_dict(args.checkpoint), args.checkpoint)
-    profile = resolve_profile(k, args.profile, args.class_names)
-    dataset = load_dataset(args.data, profile.class_names, max_pixels=args.max_pixels)
+    both = args.preprocess == "both"
+    # Each frame is encoded once per preprocessing: no feature cache.
+    options = options_from_args(args, preprocess="" if both else args.preprocess, cache_mb=0)
+    # The classes come from the checkpoint's K without building the model, so a label the
+    # model does not know stops the run before the slow part.
+    profile = preflight(options)
+    dataset = load_dataset(args.data, profile.class_names, max_pixels=options.max_pixels)
     skipped = ", ".join(f"{v} {k}" for k, v in dataset.skipped.items())
     print(f"{dataset.source}: {len(dataset)} B-scans" + (f"; skipped {skipped}" if skipped else ""),
           file=sys.stderr)
-    modes = ["stretch", "pad-equalize"] if args.preprocess == "both" else [args.preprocess or profile.preprocess]
-    predictors = _label_map_predictors(args, modes)
+    modes = list(PREPROCESS_MODES) if both else [options.preprocess or profile.preprocess]
+    predictors = _label_map_predictors(options, modes)
     def progress(i, n, sample, mode=None):
         print(f"[{i}/{n}] {sample.name}" + (f" ({mode})" if mode else ""), file=sys.stderr)
 
@@ -383,14 +378,10 @@ def _evaluate(args) -> int:
     return 0
 
 
-def _label_map_predictors(args, modes) -> dict:
+def _label_map_predictors(options, modes) -> dict:
     """{preprocessing: grey frame -> label map}, one model shared by all."""
-    import torch
+    from sam2oct.pipeline import Pipeline
 
-    from sam2oct.checkpoint import load_model
-    from sam2oct.predictor import SemanticPredictor
-
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    model = load_model(args.checkpoint, args.config, device)
-    return {mode: (lambda gray, p=SemanticPredictor(model, mode, cache_size=1): p.predict(gray).label_map)
-            for mode in modes}
+    first = Pipeline(replace(options, preprocess=modes[0]))
+    pipelines = [first] + [Pipeline(replace(options, preprocess=m), model=first.predictor.model) for m in modes[1:]]
+    return {m: (lambda gray, p=p: p.predict(p.encode(gray)).label_map) for m, p in zip(modes, pipelines)}
