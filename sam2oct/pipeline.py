@@ -15,7 +15,7 @@ import hashlib
 import threading
 from collections import OrderedDict
 from contextlib import contextmanager
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 
 import numpy as np
 import shapely
@@ -235,6 +235,14 @@ class Region:
 _RECENT_FILE_BYTES = 16 << 20
 
 
+@dataclass
+class FrameShapes:
+    """A frame's traced shapes, cached per frame, and what front doors derive from them."""
+
+    shapes: list
+    memo: dict = field(default_factory=dict)
+
+
 class _SmallLRU:
     """A few recent frames' traced shapes: a click on a frame seen before only selects among them."""
 
@@ -368,9 +376,15 @@ class Pipeline:
             return self.shapes(prediction.label_map)
         cached = self._shapes.get(encoded.key)
         if cached is None:
-            cached = self.shapes(prediction.label_map)
+            cached = FrameShapes(self.shapes(prediction.label_map))
             self._shapes.put(encoded.key, cached)
-        return cached
+        return cached.shapes
+
+    def cached_shapes(self, encoded: EncodedImage):
+        """The frame's traced shapes as cached (None if they are not): their ``memo`` dict is
+        where a front door keeps what it derives from those very objects (their JSON, say),
+        dropped with them."""
+        return self._shapes.get(encoded.key)
 
     def interact(self, encoded: EncodedImage, pos, neg, bbox=None, brush=(), *, confidence=False,
                  shapes=False) -> Interaction:
