@@ -49,8 +49,8 @@ OPTION_HELP = {
     "cache_mb": "memory the per-frame feature cache may hold, in MiB (0 disables it)",
     "simplify": "polygon simplification tolerance in pixels (0 keeps every pixel corner)",
     "min_area": "regions smaller than this many pixels merge into their surroundings",
-    "max_pixels": "largest image accepted, in pixels (decompression-bomb guard)",
-    "torch_threads": "CPU threads torch may use (0 = torch's default, one per core)",
+    "max_pixels": "largest image accepted, in pixels (decompression-bomb guard; at most 178956970, Pillow's hard limit)",
+    "torch_threads": "CPU threads torch may use (0 = torch's default, one per core; on a shared CPU host fewer keep clicks fast)",
     "snap_px": "a positive click this many pixels or closer to a layer picks the nearest layer",
 }
 
