@@ -199,12 +199,11 @@ def test_chain_of_small_regions_is_merged_without_gaps():
     assert (rasterize(shapes, NAMES, label_map.shape) == expected).all()
 
 
-def test_noise_is_merged_in_vectorised_rounds():
+def test_noise_is_merged_in_rounds():
     rng = np.random.default_rng(0)
     label_map = rng.integers(0, 4, (64, 64))
     sizes = region_sizes(label_map)
-    # far more small regions than the exact one-by-one loop takes
-    assert (1 / sizes[sizes < 10]).sum() > 4 * polygons_module._EXACT_MERGE_LIMIT
+    assert (1 / sizes[sizes < 10]).sum() > 1000  # pure noise: over a thousand small regions
     drawn = rasterize(label_map_to_shapes(label_map, NAMES, tolerance=0, min_area=10), NAMES, label_map.shape)
     assert region_sizes(drawn).min() >= 10
     assert (drawn[sizes >= 10] == label_map[sizes >= 10]).all()
@@ -315,15 +314,15 @@ def test_random_maps_exact(label_map):
     check_tiles_image(label_map, tolerance=0)
 
 
-# merge small regions one by one (the usual path) or in vectorised rounds (noisy maps)
-merge_paths = st.sampled_from([polygons_module._EXACT_MERGE_LIMIT, 1])
+# all movers of a round at once, or one per round (the cap that bounds memory on maps with many classes)
+merge_paths = st.sampled_from([polygons_module._MERGE_TABLE_LIMIT, 1])
 
 
 @settings(max_examples=120, deadline=None)
 @given(label_maps(), st.sampled_from([0.5, 1.0, 2.0, 5.0]), st.sampled_from([0, 3, 8]), merge_paths)
 def test_random_maps_simplified(label_map, tolerance, min_area, merge_limit):
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(polygons_module, "_EXACT_MERGE_LIMIT", merge_limit)
+        patch.setattr(polygons_module, "_MERGE_TABLE_LIMIT", merge_limit)
         shapes = check_tiles_image(label_map, tolerance, min_area)
         with_background = label_map_to_shapes(label_map, NAMES, tolerance=tolerance, min_area=min_area)
     check_format(shapes, label_map.shape)
@@ -335,7 +334,7 @@ def test_random_maps_simplified(label_map, tolerance, min_area, merge_limit):
 @given(label_maps(), st.integers(2, 10), merge_paths)
 def test_random_maps_merge_only_small_regions(label_map, min_area, merge_limit):
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(polygons_module, "_EXACT_MERGE_LIMIT", merge_limit)
+        patch.setattr(polygons_module, "_MERGE_TABLE_LIMIT", merge_limit)
         shapes = label_map_to_shapes(label_map, NAMES, tolerance=0, min_area=min_area)
         check_tiles_image(label_map, tolerance=0, min_area=min_area)
     drawn = rasterize(shapes, NAMES, label_map.shape)
