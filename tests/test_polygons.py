@@ -199,6 +199,95 @@ def test_chain_of_small_regions_is_merged_without_gaps():
     assert (rasterize(shapes, NAMES, label_map.shape) == expected).all()
 
 
+def test_longest_border_wins_over_largest_neighbour():
+    # a 3-pixel "c" fragment in the thin layer "a": border with "a" 3 + 1 + 1,
+    # with the much larger "b" below only 3.  (GDAL's sieve would pick "b",
+    # the neighbour with the largest area.)
+    label_map = np.array([
+        [1, 1, 1, 1, 1, 1, 1, 1, 1, 1],
+        [1, 3, 3, 3, 1, 1, 1, 1, 1, 1],
+        [2, 2, 2, 2, 2, 2, 2, 2, 2, 2],
+        [2, 2, 2, 2, 2, 2, 2, 2, 2, 2],
+        [2, 2, 2, 2, 2, 2, 2, 2, 2, 2],
+        [2, 2, 2, 2, 2, 2, 2, 2, 2, 2],
+    ])
+    shapes = label_map_to_shapes(label_map, NAMES, tolerance=0, min_area=5)
+    expected = np.array([[1] * 10] * 2 + [[2] * 10] * 4)
+    assert (rasterize(shapes, NAMES, label_map.shape) == expected).all()
+
+
+def test_equal_borders_go_to_the_lowest_class():
+    # the "c" pixel borders "a" (up, left) and "b" (right, down) along 2 edges each
+    label_map = np.array([
+        [1, 1, 1, 1],
+        [1, 3, 2, 2],
+        [2, 2, 2, 2],
+        [2, 2, 2, 2],
+    ])
+    shapes = label_map_to_shapes(label_map, NAMES, tolerance=0, min_area=2)
+    expected = np.array([
+        [1, 1, 1, 1],
+        [1, 1, 2, 2],
+        [2, 2, 2, 2],
+        [2, 2, 2, 2],
+    ])
+    assert (rasterize(shapes, NAMES, label_map.shape) == expected).all()
+
+
+def test_smaller_of_two_touching_small_regions_moves_first():
+    # "d" (1 pixel) and "c" (2 pixels) touch, so only the smaller "d" moves in
+    # the first round: its borders are "a" 2 (left, down), "b" 1, "c" 1 -> "a".
+    # In the second round "c" borders "b" along 3 edges and "a" -- now
+    # including the former "d" -- along 3 as well: the tie goes to "a".  Had
+    # both moved at once, "c" would have counted "b" 3, "a" 2, "d" 1 -> "b".
+    label_map = np.array([
+        [2, 2, 2, 2, 2],
+        [2, 2, 3, 2, 2],
+        [1, 4, 3, 1, 1],
+        [1, 1, 1, 1, 1],
+        [1, 1, 1, 1, 1],
+    ])
+    shapes = label_map_to_shapes(label_map, NAMES, tolerance=0, min_area=3)
+    expected = np.array([
+        [2, 2, 2, 2, 2],
+        [2, 2, 1, 2, 2],
+        [1, 1, 1, 1, 1],
+        [1, 1, 1, 1, 1],
+        [1, 1, 1, 1, 1],
+    ])
+    assert (rasterize(shapes, NAMES, label_map.shape) == expected).all()
+
+
+def test_hole_touching_the_outline_at_a_corner_is_cut():
+    # "a" encloses the "b" pixel, which touches the "c" pixel at one corner:
+    # "a" is one region whose hole touches its outline at a point.  Returning
+    # its outline alone would paint over "b"; cut at x=1, "a" falls into its
+    # left column, its top-right block and the single pixel below "b".
+    label_map = np.array([
+        [1, 1, 1],
+        [1, 2, 1],
+        [1, 1, 3],
+    ])
+    shapes = label_map_to_shapes(label_map, NAMES, tolerance=0, min_area=0)
+    assert (rasterize(shapes, NAMES, label_map.shape) == label_map).all()
+    check_no_foreign_pixels(label_map, shapes, NAMES)
+    check_format(shapes, label_map.shape)
+    assert Counter(s["label"] for s in shapes) == {"a": 3, "b": 1, "c": 1}
+
+
+@pytest.mark.parametrize("dtype", [np.uint16, np.int32, np.int64])
+def test_more_than_256_classes(dtype):
+    names = [f"class {k}" for k in range(301)]
+    label_map = np.zeros((6, 8), dtype)
+    label_map[2:4] = 300
+    label_map[4:] = 256
+    label_map[3, 3] = 299  # one pixel: merged into the layer around it
+    shapes = label_map_to_shapes(label_map, names, tolerance=0, min_area=2)
+    assert [s["label"] for s in shapes] == ["class 256", "class 300"]
+    assert shapely.Polygon(shapes[0]["points"]).equals(shapely.box(0, 4, 8, 6))
+    assert shapely.Polygon(shapes[1]["points"]).equals(shapely.box(0, 2, 8, 4))
+
+
 def test_noise_is_merged_in_rounds():
     rng = np.random.default_rng(0)
     label_map = rng.integers(0, 4, (64, 64))
@@ -312,6 +401,29 @@ def test_random_maps_exact(label_map):
     check_format(shapes, label_map.shape)
     check_no_foreign_pixels(label_map, shapes, NAMES)
     check_tiles_image(label_map, tolerance=0)
+
+
+@settings(max_examples=120, deadline=None)
+@given(label_maps())
+def test_regions_match_gdal_polygonize(label_map):
+    """The traced regions, holes included, are the polygons GDAL's polygonize gives (an independent tracer)."""
+    runs = polygons_module._Runs.of_raster(label_map)
+    upper, lower = runs.vertical_pairs
+    region = polygons_module._components(runs, upper, lower, runs.key)
+    ours = polygons_module._trace(runs, region).polygons()
+    assert shapely.is_valid(ours).all()
+    values = polygons_module._region_values(runs, region)
+    gdal = [(int(v), shapely.geometry.shape(g))
+            for g, v in rasterio.features.shapes(label_map.astype(np.int32), connectivity=4)]
+
+    def summary(pairs):  # GDAL leaves out vertices on straight edges, so compare shapes, not rings
+        return sorted((c, p.area, p.bounds, len(p.interiors), round(p.length, 9)) for c, p in pairs)
+
+    assert summary(zip(values.tolist(), ours)) == summary(gdal)
+    for value in np.unique(label_map):
+        mine = shapely.union_all(ours[values == value])
+        theirs = shapely.union_all([p for c, p in gdal if c == value])
+        assert mine.symmetric_difference(theirs).area == 0
 
 
 # all movers of a round at once, or one per round (the cap that bounds memory on maps with many classes)
