@@ -70,13 +70,11 @@ def label_map_to_shapes(label_map, class_names, *, tolerance=1.0, min_area=25):
     runs = _Runs.of_raster(labels)
     runs, region = _merge_small_regions(runs, min_area)
     classes = _region_values(runs, region)
-    rings = _trace(runs, region)
-    holed = np.unique(rings.region[rings.is_hole & (classes[rings.region] != 0)])
+    holed = np.flatnonzero((_hole_counts(runs, region) > 0) & (classes != 0))
     if holed.size:
-        runs, piece = _cut_holes(runs, region, holed, rings)
-        classes = _region_values(runs, piece)
-        rings = _trace(runs, piece)
-    geoms = rings.polygons()
+        runs, region = _cut_holes(runs, region, *_hole_spans(runs, region, holed))
+        classes = _region_values(runs, region)
+    geoms = _trace(runs, region)
     if tolerance > 0:
         geoms = shapely.coverage_simplify(geoms, tolerance, simplify_boundary=False)
     keep = classes != 0
@@ -106,7 +104,7 @@ def mask_outline(mask):
     if not foreground.size:
         return []
     area = np.bincount(region, weights=runs.x1 - runs.x0)
-    geoms = _trace(runs, region).polygons()
+    geoms = _trace(runs, region)
     return _exterior_points(geoms[[foreground[np.argmax(area[foreground])]]])[0]
 
 
@@ -201,14 +199,43 @@ class _Runs:
 def _components(runs, upper, lower, key):
     """Region id of each run: runs of equal ``key`` that share a pixel edge are one region."""
     same = key[upper] == key[lower]
-    n = len(runs.start)
-    graph = scipy.sparse.coo_array((np.ones(same.sum(), np.int8), (upper[same], lower[same])), shape=(n, n))
+    return _connected(len(runs.start), upper[same], lower[same])
+
+
+def _connected(n, one, other):
+    """Connected component of each of ``n`` nodes joined by the edges ``one[i] -- other[i]``."""
+    # float64 data and int32 indices are what csgraph works on: no conversion copies
+    graph = scipy.sparse.coo_array((np.ones(len(one)), (one.astype(np.int32), other.astype(np.int32))),
+                                   shape=(n, n))
     return csgraph.connected_components(graph, directed=False)[1]
 
 
 def _region_values(runs, region):
     """The key (class) of each region."""
     return _scatter(region, runs.key, region.max() + 1)
+
+
+def _hole_counts(runs, region):
+    """Number of holes of each region, from its runs alone.
+
+    A region's pixels, as closed squares, are connected; with ``h`` holes
+    their Euler characteristic is ``1 - h``.  Runs are intervals and contacts
+    between them (a shared pixel edge, or one shared corner where two runs
+    touch diagonally) intervals or points, so that characteristic is the
+    number of runs minus the number of contacts: ``h = contacts - runs + 1``.
+    Diagonal contacts count because a hole may touch the outline at a point.
+    """
+    width = runs.shape[1]
+    upper, lower = runs.vertical_pairs
+    contacts = np.bincount(region[upper[region[upper] == region[lower]]], minlength=region.max() + 1)
+    # diagonal contacts, counted from the run on the left: a run of the row below or above starts where it ends
+    for row_step in (1, -1):
+        corner = runs.start + row_step * width + (runs.x1 - runs.x0)
+        possible = np.flatnonzero((runs.x1 < width) & (corner >= 0) & (corner < runs.shape[0] * width))
+        other = np.minimum(np.searchsorted(runs.start, corner[possible]), len(runs.start) - 1)
+        touch = possible[(runs.start[other] == corner[possible]) & (region[other] == region[possible])]
+        contacts += np.bincount(region[touch], minlength=len(contacts))
+    return contacts - np.bincount(region, minlength=len(contacts)) + 1
 
 
 def _merge_small_regions(runs, min_area):
@@ -275,9 +302,8 @@ def _merge_small_regions(runs, min_area):
         target = present[len(present) - 1 - score.max(axis=0) % len(present)]
         # a mover becomes one region with its neighbours of the class it takes
         joins = value[neighbour] == target[mover]
-        graph = scipy.sparse.coo_array((np.ones(joins.sum(), np.int8), (movers[mover[joins]], neighbour[joins])),
-                                       shape=(n, n))
-        n_regions, merged = csgraph.connected_components(graph, directed=False)
+        merged = _connected(n, movers[mover[joins]], neighbour[joins])
+        n_regions = merged.max() + 1
         value[movers] = target
         value = _scatter(merged, value, n_regions)
         area = np.bincount(merged, weights=area, minlength=n_regions)
@@ -299,28 +325,46 @@ def _scatter(index, values, size):
     return out
 
 
-class _Rings:
-    """Boundary rings of the regions of a run map, ordered per region with the shell first.
-
-    ``xy`` holds all ring vertices, ring after ring (not closed); ``ring_of``
-    the ring of each vertex; ``region``, ``is_hole``, ``xmin``, ``xmax``
-    describe each ring.
-    """
-
-    def __init__(self, xy, ring_of, region, is_hole):
-        self.xy, self.ring_of, self.region, self.is_hole = xy, ring_of, region, is_hole
-        first = np.flatnonzero(np.concatenate([[True], ring_of[1:] != ring_of[:-1]]))
-        self.xmin = np.minimum.reduceat(xy[:, 0], first)
-        self.xmax = np.maximum.reduceat(xy[:, 0], first)
-
-    def polygons(self):
-        """One polygon per region (holes included), indexed by region id."""
-        rings = shapely.linearrings(self.xy, indices=self.ring_of)
-        return shapely.polygons(rings, indices=self.region)
-
-
 def _trace(runs, region):
-    """Exact pixel-edge boundary rings of every region of ``runs`` (``region`` per run).
+    """Exact pixel-edge polygons (holes included) of the regions of ``runs``, indexed by ``region`` id."""
+    sx, sy, ex, ey, side, successor = _walks(runs, region)
+    n = len(sx)
+    ring_count, ring = _cycles(successor)
+    doubled_area = np.bincount(ring, weights=sx * ey - ex * sy, minlength=ring_count)
+    ring_region = _scatter(ring, side, ring_count)
+    ring_order = np.lexsort((doubled_area < 0, ring_region))  # per region, the shell (positive area) first
+    heads = _scatter(ring, np.arange(n), ring_count)[ring_order]
+    # chain the rings into one cycle (each one's last half-edge leads to the next ring's head)
+    # and read it off in one traversal
+    predecessor = _scatter(successor, np.arange(n), n)
+    chained = successor.copy()
+    chained[predecessor[heads]] = np.roll(heads, -1)
+    walk = csgraph.depth_first_order(_path_graph(chained), heads[0], directed=True, return_predecessors=False)
+    position = _scatter(ring_order, np.arange(ring_count), ring_count)
+    xy = np.column_stack([sx[walk], sy[walk]]).astype(np.float64)
+    rings = shapely.linearrings(xy, indices=position[ring[walk]])
+    return shapely.polygons(rings, indices=ring_region[ring_order])
+
+
+def _hole_spans(runs, region, holed):
+    """``(region, xmin, xmax)`` of every hole of the regions ``holed``: its owner and x-range."""
+    sx, sy, ex, ey, side, successor = _walks(runs, region, only=holed)
+    ring_count, ring = _cycles(successor)
+    hole = np.bincount(ring, weights=sx * ey - ex * sy, minlength=ring_count) < 0
+    xmin = np.full(ring_count, runs.shape[1])
+    xmax = np.zeros(ring_count, np.intp)
+    np.minimum.at(xmin, ring, sx)
+    np.maximum.at(xmax, ring, sx)
+    return _scatter(ring, side, ring_count)[hole], xmin[hole], xmax[hole]
+
+
+def _cycles(successor):
+    """Number of cycles of the permutation ``successor`` and the cycle of each element."""
+    return csgraph.connected_components(_path_graph(successor), directed=True, connection="strong")
+
+
+def _walks(runs, region, only=None):
+    """The boundary of every region of ``runs`` as half-edges and how they follow each other.
 
     Every boundary is cut into straight segments at each corner where a
     boundary turns or three or more regions meet, and each segment is walked
@@ -329,7 +373,11 @@ def _trace(runs, region):
     turns right, else goes straight, else turns left: a region that touches
     itself diagonally is then one ring touching another at a point, as valid
     polygons need.  These vertices are shared by the regions on both sides,
-    which ``coverage_simplify`` needs.
+    which ``coverage_simplify`` needs.  ``only`` (region ids) limits the
+    walks to those regions.
+
+    Returns ``(sx, sy, ex, ey, side, successor)``: start and end corner, the
+    region on the left, and the next half-edge of each half-edge.
     """
     height, width = runs.shape
     upper, lower = runs.vertical_pairs
@@ -370,6 +418,10 @@ def _trace(runs, region):
     side = np.concatenate([h_below, h_above, v_left, v_right])
     direction = np.repeat([0, 2, 1, 3], [len(hx0), len(hx0), len(vx), len(vx)])
     inside = side != _OUTSIDE
+    if only is not None:
+        wanted = np.zeros(region.max() + 1, bool)
+        wanted[only] = True
+        inside[inside] = wanted[side[inside]]
     sx, sy, ex, ey, side, direction = sx[inside], sy[inside], ex[inside], ey[inside], side[inside], direction[inside]
     n = len(sx)
     # at each corner, the walks of one region come in and go out in pairs;
@@ -381,30 +433,17 @@ def _trace(runs, region):
     depart = ((sy * (width + 1) + sx) * n_regions + side) * 4 + direction
     successor = np.empty(n, np.intp)
     successor[np.argsort(arrive, kind="stable")] = np.argsort(depart, kind="stable")
-    # rings are the cycles of the successor permutation
-    n_rings, ring = csgraph.connected_components(_path_graph(successor), directed=True, connection="weak")
-    doubled_area = np.bincount(ring, weights=sx * ey - ex * sy, minlength=n_rings)
-    ring_region = _scatter(ring, side, n_rings)
-    ring_order = np.lexsort((doubled_area < 0, ring_region))  # per region, the shell (positive area) first
-    heads = _scatter(ring, np.arange(n), n_rings)[ring_order]
-    # chain the rings into one cycle (each one's last half-edge leads to the next ring's head)
-    # and read it off in one traversal
-    predecessor = _scatter(successor, np.arange(n), n)
-    chained = successor.copy()
-    chained[predecessor[heads]] = np.roll(heads, -1)
-    walk = csgraph.depth_first_order(_path_graph(chained), heads[0], directed=True, return_predecessors=False)
-    position = _scatter(ring_order, np.arange(n_rings), n_rings)
-    xy = np.column_stack([sx[walk], sy[walk]]).astype(np.float64)
-    return _Rings(xy, position[ring[walk]], ring_region[ring_order], doubled_area[ring_order] < 0)
+    return sx, sy, ex, ey, side, successor
 
 
 def _path_graph(successor):
     """Sparse graph with one edge ``i -> successor[i]`` per node."""
     n = len(successor)
-    return scipy.sparse.csr_array((np.ones(n, np.int8), successor, np.arange(n + 1)), shape=(n, n))
+    return scipy.sparse.csr_array((np.ones(n), successor.astype(np.int32), np.arange(n + 1, dtype=np.int32)),
+                                  shape=(n, n))
 
 
-def _cut_holes(runs, region, holed, rings):
+def _cut_holes(runs, region, hole_region, hole_xmin, hole_xmax):
     """Split the regions ``holed`` into hole-free pieces; returns the split runs and their piece ids.
 
     Cuts are vertical lines at integer x, so the pieces stay on pixel edges.
@@ -414,11 +453,10 @@ def _cut_holes(runs, region, holed, rings):
     greedily (interval stabbing), each in the middle of the holes it serves.
     """
     width = runs.shape[1]
-    holes = np.flatnonzero(rings.is_hole & np.isin(rings.region, holed))
-    holes = holes[np.lexsort((rings.xmax[holes], rings.region[holes]))]
+    holes = np.lexsort((hole_xmax, hole_region))
     cut_region, cut_x = [], []
-    hole_region = rings.region[holes].tolist()
-    lefts, rights = rings.xmin[holes].tolist(), rings.xmax[holes].tolist()
+    hole_region = hole_region[holes].tolist()
+    lefts, rights = hole_xmin[holes].tolist(), hole_xmax[holes].tolist()
     i = 0
     while i < len(holes):  # greedy stabbing per region, holes sorted by right end
         lo, hi, j = lefts[i], rights[i], i + 1
@@ -454,5 +492,6 @@ def _exterior_points(geoms):
     """Counter-clockwise (in x/y) exterior rings as lists of ``[x, y]`` floats, closing point dropped."""
     rings = shapely.get_exterior_ring(shapely.orient_polygons(geoms, exterior_cw=False))
     xy, index = shapely.get_coordinates(rings, return_index=True)
-    ends = np.cumsum(np.bincount(index, minlength=len(geoms)))
-    return [xy[end - size:end - 1].tolist() for end, size in zip(ends, np.diff(ends, prepend=0))]
+    ends = np.cumsum(np.bincount(index, minlength=len(geoms))).tolist()
+    points = xy.tolist()
+    return [points[start:end - 1] for start, end in zip([0] + ends[:-1], ends)]

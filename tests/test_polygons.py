@@ -410,7 +410,7 @@ def test_regions_match_gdal_polygonize(label_map):
     runs = polygons_module._Runs.of_raster(label_map)
     upper, lower = runs.vertical_pairs
     region = polygons_module._components(runs, upper, lower, runs.key)
-    ours = polygons_module._trace(runs, region).polygons()
+    ours = polygons_module._trace(runs, region)
     assert shapely.is_valid(ours).all()
     values = polygons_module._region_values(runs, region)
     gdal = [(int(v), shapely.geometry.shape(g))
@@ -420,6 +420,9 @@ def test_regions_match_gdal_polygonize(label_map):
         return sorted((c, p.area, p.bounds, len(p.interiors), round(p.length, 9)) for c, p in pairs)
 
     assert summary(zip(values.tolist(), ours)) == summary(gdal)
+    # holes counted from the runs alone (which regions get cut) agree with the traced rings
+    holes = polygons_module._hole_counts(runs, region)
+    assert holes.tolist() == shapely.get_num_interior_rings(ours).tolist()
     for value in np.unique(label_map):
         mine = shapely.union_all(ours[values == value])
         theirs = shapely.union_all([p for c, p in gdal if c == value])
