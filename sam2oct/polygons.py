@@ -330,28 +330,28 @@ def _merge_specks(runs):
     first round does to it.  Larger regions that would move in that round
     touch no pixel region, so they are not affected by going later.
     """
-    width = runs.shape[1]
-    upper, lower = runs.vertical_pairs
+    height, width = runs.shape
     key = runs.key
-    alone = runs.x1 - runs.x0 == 1
-    same = key[upper] == key[lower]
-    alone[upper[same]] = alone[lower[same]] = False
-    specks = np.flatnonzero(alone)
-    if not specks.size:
-        return runs
-    # neighbours: left, right, above, below (-1 beyond the image); a one-pixel run has one run above and below
-    above = np.full(len(key), -1)
-    below = np.full(len(key), -1)
-    above[lower] = upper
-    below[upper] = lower
-    left = np.where(runs.x0[specks] > 0, specks - 1, -1)
-    right = np.where(runs.x1[specks] < width, specks + 1, -1)
-    near = np.stack([left, right, above[specks], below[specks]])
-    order = _fibonacci_hash(runs.start)
-    earlier = (near >= 0) & alone[near] & (order[near] < order[specks])
-    movers = ~earlier.any(axis=0) & (near >= 0).any(axis=0)  # (a 1x1 image has no neighbour)
-    near = near[:, movers]
+    single = np.flatnonzero(runs.x1 - runs.x0 == 1)
+    start = runs.start[single]
+    # neighbours: left, right, above, below (-1 beyond the image)
+    above = np.searchsorted(runs.start, start - width, "right") - 1
+    below = np.searchsorted(runs.start, start + width, "right") - 1
+    near = np.stack([np.where(runs.x0[single] > 0, single - 1, -1),
+                     np.where(runs.x1[single] < width, single + 1, -1),
+                     np.where(start >= width, above, -1),
+                     np.where(start < (height - 1) * width, below, -1)])
     near_key = np.where(near >= 0, key[near], -1)
+    alone = (near_key != key[single]).all(axis=0)
+    if alone.sum() < len(key) // 20:  # few: not worth a second set of runs
+        return runs
+    specks, near, near_key = single[alone], near[:, alone], near_key[:, alone]
+    is_speck = np.zeros(len(key), bool)
+    is_speck[specks] = True
+    order = _fibonacci_hash(runs.start[near])
+    earlier = (near >= 0) & is_speck[near] & (order < _fibonacci_hash(runs.start[specks]))
+    movers = ~earlier.any(axis=0) & (near >= 0).any(axis=0)  # (a 1x1 image has no neighbour)
+    near_key = near_key[:, movers]
     # most common neighbour class, ties to the lowest: the maximum of count * (top + 1) + (top - class)
     top = key.max() + 1
     count = sum((near_key == near_key[i]) for i in range(4))
