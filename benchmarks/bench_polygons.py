@@ -4,6 +4,7 @@ Run from the repository root:
 
     .venv/bin/python benchmarks/bench_polygons.py [--repeat 21] [--jitter 0] [--salt 0.055]
     .venv/bin/python benchmarks/bench_polygons.py --label-map saved.npy [--min-area 16]
+    .venv/bin/python benchmarks/bench_polygons.py --gdal   # also GDAL's polygonize and sieve, for reference
 
 Two maps, both generated deterministically with numpy:
 
@@ -119,12 +120,32 @@ def run_case(title, label_map, min_area, repeat):
           f"outside image {union.difference(image).area:g}, all valid {bool(shapely.is_valid(polys).all())}")
 
 
+def gdal_reference(label_map, repeat):
+    """CPU time of GDAL's polygonize and sieve (via rasterio) on a blank map and on ``label_map``: the floor
+    a GDAL-based label_map_to_shapes could not go below."""
+    def cpu_median(fn):
+        times = []
+        for _ in range(repeat):
+            start = time.process_time()
+            fn()
+            times.append(time.process_time() - start)
+        return statistics.median(times) * 1e3
+
+    height, width = label_map.shape
+    for title, raster in (("blank", np.zeros_like(label_map)), ("layered", label_map)):
+        polygonize = cpu_median(lambda: list(rasterio.features.shapes(raster, connectivity=4)))
+        sieve = cpu_median(lambda: rasterio.features.sieve(raster, 25, connectivity=4))
+        print(f"GDAL on the {title} {width}x{height} map, CPU time: polygonize (rasterio.features.shapes) "
+              f"median {polygonize:.1f} ms, sieve (size 25) median {sieve:.1f} ms")
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeat", type=int, default=21)
     parser.add_argument("--jitter", type=float, default=0.0, help="per-column boundary noise of the layered map, px")
     parser.add_argument("--salt", type=float, default=0.055, help="fraction of noisy pixels in the noisy map")
     parser.add_argument("--label-map", help="time this saved label map (.npy or image) instead")
+    parser.add_argument("--gdal", action="store_true", help="also time GDAL's polygonize and sieve, for reference")
     parser.add_argument("--min-area", type=int, default=None,
                         help="min_area (default: the function's default for the layered map, 16 for the noisy one)")
     args = parser.parse_args()
@@ -134,6 +155,8 @@ def main():
     if args.label_map:
         run_case(args.label_map, load_map(args.label_map), args.min_area or 16, args.repeat)
         return
+    if args.gdal:
+        gdal_reference(layered_map(), args.repeat)
     layered_min_area = 25 if args.min_area is None else args.min_area
     run_case(f"layered (40 blobs, jitter {args.jitter:g} px)", layered_map(jitter=args.jitter),
              layered_min_area, args.repeat)
