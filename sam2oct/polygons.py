@@ -10,10 +10,11 @@ into hole-free pieces along vertical pixel-edge lines through its holes (see
 ``docs/polygons.md``); the pieces still tile the region exactly.
 
 The map is handled as horizontal runs of equal pixels, never pixel by pixel in
-Python: regions are the connected runs, small regions are merged by relabelling
-runs, and the region outlines are traced from the runs' edges with numpy and
-scipy's graph routines (GDAL's polygonize and sieve each cost ~14 ms on a blank
-1024x1024 map, more than the whole budget; see ``docs/polygons.md``).
+Python: regions are the connected runs, small regions are merged on the graph
+of regions, and the region outlines are traced from the runs' edges with numpy
+and scipy's graph routines.  GDAL's polygonize and sieve were used before; each
+costs 12-13 ms on a blank 1024x1024 map, most of the 20 ms budget, and sieve
+follows a different rule (see ``docs/polygons.md``).
 """
 
 from __future__ import annotations
@@ -39,19 +40,21 @@ _OUTSIDE = -1  # "region" beyond the image border
 def label_map_to_shapes(label_map, class_names, *, tolerance=1.0, min_area=25):
     """Trace a label map into CVAT polygon shapes that tile the image exactly.
 
-    ``label_map`` is a 2-D integer array of class indices; ``class_names[k]``
-    names class ``k`` and class 0 is background, never returned.  Returns one
+    ``label_map`` is a 2-D array of class indices, of any integer type
+    (uint16 for more than 256 classes); ``class_names[k]`` names class ``k``
+    and class 0 is background, never returned.  Returns one
     ``{"label", "type": "polygon", "points": [[x, y], ...]}`` per 4-connected
     region of each other class, sorted by class index, then top to bottom.
 
     - Regions of fewer than ``min_area`` pixels (background included) first
-      join the neighbouring class they share the longest border with (ties:
-      the lowest class index).  This runs in rounds: in each, every small
-      region that touches no smaller small region moves (equal sizes are
-      ordered at random with a fixed seed), then regions are found anew; it
-      stops when every region has ``min_area`` pixels or none left has a
-      neighbour.  The image stays tiled: a merged region's pixels take its
-      new class.
+      join the neighbouring class they share the longest border with, in
+      pixel edges (ties: the lowest class index); their pixels take that
+      class, so the image stays tiled.  This runs in rounds: in each, every
+      small region that touches no smaller small region moves (equal sizes
+      are ordered by a fixed pseudo-random hash of the region's first pixel),
+      then a moved region and its neighbours of the class it took are one
+      region.  It stops when every region has ``min_area`` pixels or no small
+      region has a neighbour.
     - A region that encloses other regions is cut into hole-free pieces by
       vertical lines at integer x through its holes; each piece is returned
       as its own shape of the same label.
@@ -145,7 +148,8 @@ class _Runs:
 
     ``start`` is each run's first pixel as a flat index ``row * width + x``,
     ascending; a run ends where the next one starts, so runs tile the raster.
-    Neighbouring runs in a row always have different keys.
+    Neighbouring runs in a row have different keys, except where
+    :func:`_cut_holes` splits runs at its cuts.
     """
 
     def __init__(self, start, key, shape):
