@@ -5,6 +5,7 @@ Run from the repository root:
     .venv/bin/python benchmarks/bench_polygons.py [--repeat 21] [--jitter 0] [--salt 0.055]
     .venv/bin/python benchmarks/bench_polygons.py --label-map saved.npy [--min-area 16]
     .venv/bin/python benchmarks/bench_polygons.py --gdal   # also GDAL's polygonize and sieve, for reference
+    .venv/bin/python benchmarks/bench_polygons.py --random-model   # the random-weight model's map
 
 Two maps, both generated deterministically with numpy:
 
@@ -18,7 +19,9 @@ Two maps, both generated deterministically with numpy:
   19,000 regions).  Run with ``min_area=16``, the value the function and CLI use.
 
 ``--label-map`` times a saved map instead (``.npy`` or an image; classes
-0..max), e.g. one dumped from the predictor.
+0..max), e.g. one dumped from the predictor; ``--random-model`` builds the
+random-weight model and times the map it gives for one click on the sample
+B-scan (about 19,000 regions).
 
 For each map: the number of regions, the median wall time and CPU time
 (and min/max) of label_map_to_shapes against the goal -- CPU time is this
@@ -78,6 +81,21 @@ def salted(label_map, fraction, n_classes=11, seed=1):
     salt = rng.random(noisy.shape) < fraction
     noisy[salt] = rng.integers(0, n_classes, salt.sum())
     return noisy
+
+
+def random_model_map():
+    """Label map of SAM 2.1 Hiera B+ with random weights (seed 0, 11 classes) for one click on the sample B-scan."""
+    import torch
+
+    from sam2oct.checkpoint import build_model
+    from sam2oct.images import read_image
+    from sam2oct.predictor import SemanticPredictor
+
+    torch.manual_seed(0)
+    predictor = SemanticPredictor(build_model(11).eval(), cache_size=1)
+    image = Path(__file__).resolve().parents[1] / "tests" / "data" / "bscan_768x496_s1.png"
+    encoded = predictor.encode(read_image(image.read_bytes()))
+    return predictor.decode(encoded, points=[[230, 200]], labels=[1]).label_map
 
 
 def load_map(path):
@@ -144,7 +162,11 @@ def main():
     parser.add_argument("--repeat", type=int, default=21)
     parser.add_argument("--jitter", type=float, default=0.0, help="per-column boundary noise of the layered map, px")
     parser.add_argument("--salt", type=float, default=0.055, help="fraction of noisy pixels in the noisy map")
+    parser.add_argument("--map", choices=["both", "layered", "noisy"], default="both", help="which maps to time")
     parser.add_argument("--label-map", help="time this saved label map (.npy or image) instead")
+    parser.add_argument("--random-model", action="store_true",
+                        help="time the label map that SAM 2.1 Hiera B+ with random weights (seed 0) gives for "
+                             "one click on tests/data/bscan_768x496_s1.png instead (needs torch; ~10 s to build)")
     parser.add_argument("--gdal", action="store_true", help="also time GDAL's polygonize and sieve, for reference")
     parser.add_argument("--min-area", type=int, default=None,
                         help="min_area (default: the function's default for the layered map, 16 for the noisy one)")
@@ -155,13 +177,17 @@ def main():
     if args.label_map:
         run_case(args.label_map, load_map(args.label_map), args.min_area or 16, args.repeat)
         return
+    if args.random_model:
+        run_case("random-weight model, one click", random_model_map(), args.min_area or 16, args.repeat)
+        return
     if args.gdal:
         gdal_reference(layered_map(), args.repeat)
-    layered_min_area = 25 if args.min_area is None else args.min_area
-    run_case(f"layered (40 blobs, jitter {args.jitter:g} px)", layered_map(jitter=args.jitter),
-             layered_min_area, args.repeat)
-    noisy = salted(layered_map(496, 768), args.salt)
-    run_case(f"noisy (salt {args.salt:g})", noisy, 16 if args.min_area is None else args.min_area, args.repeat)
+    if args.map in ("both", "layered"):
+        run_case(f"layered (40 blobs, jitter {args.jitter:g} px)", layered_map(jitter=args.jitter),
+                 25 if args.min_area is None else args.min_area, args.repeat)
+    if args.map in ("both", "noisy"):
+        run_case(f"noisy (salt {args.salt:g})", salted(layered_map(496, 768), args.salt),
+                 16 if args.min_area is None else args.min_area, args.repeat)
 
 
 if __name__ == "__main__":
