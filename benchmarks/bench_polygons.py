@@ -108,20 +108,21 @@ def load_map(path):
         return np.asarray(image)
 
 
-def run_case(title, label_map, min_area, repeat):
+def run_case(title, label_map, min_area, repeat, tolerance=1.0):
     height, width = label_map.shape
     n_classes = int(label_map.max()) + 1
     names = [f"class {k}" for k in range(n_classes)]
     regions = sum(1 for _ in rasterio.features.shapes(label_map.astype(np.int32), connectivity=4))
-    shapes = label_map_to_shapes(label_map, names, min_area=min_area)  # warm-up
+    shapes = label_map_to_shapes(label_map, names, tolerance=tolerance, min_area=min_area)  # warm-up
     wall, cpu = [], []
     for _ in range(repeat):
         start, start_cpu = time.perf_counter(), time.process_time()
-        label_map_to_shapes(label_map, names, min_area=min_area)
+        label_map_to_shapes(label_map, names, tolerance=tolerance, min_area=min_area)
         wall.append(time.perf_counter() - start)
         cpu.append(time.process_time() - start_cpu)
     vertices = sum(len(s["points"]) for s in shapes)
-    print(f"{title}: {width}x{height}, {n_classes} classes, {regions} regions; min_area={min_area}: "
+    print(f"{title}: {width}x{height}, {n_classes} classes, {regions} regions; min_area={min_area}"
+          f"{'' if tolerance == 1 else f', tolerance={tolerance:g}'}: "
           f"{len(shapes)} polygons, {vertices} vertices")
     for name, times in (("wall", wall), ("CPU ", cpu)):
         median = statistics.median(times) * 1e3
@@ -129,7 +130,8 @@ def run_case(title, label_map, min_area, repeat):
               f"max {max(times) * 1e3:.1f}, {repeat} runs); goal <= {GOAL_MS:g} ms: "
               f"{'met' if median <= GOAL_MS else 'NOT met'}")
 
-    everything = label_map_to_shapes(label_map.astype(np.int32) + 1, ["unused", *names], min_area=min_area)
+    everything = label_map_to_shapes(label_map.astype(np.int32) + 1, ["unused", *names],
+                                     tolerance=tolerance, min_area=min_area)
     polys = np.array([shapely.Polygon(s["points"]) for s in everything])
     union = shapely.union_all(polys)
     image = shapely.box(0, 0, width, height)
@@ -167,6 +169,8 @@ def main():
     parser.add_argument("--random-model", action="store_true",
                         help="time the label map that SAM 2.1 Hiera B+ with random weights (seed 0) gives for "
                              "one click on tests/data/bscan_768x496_s1.png instead (needs torch; ~10 s to build)")
+    parser.add_argument("--tolerance", type=float, default=1.0,
+                        help="simplification tolerance (default 1, the function's)")
     parser.add_argument("--gdal", action="store_true", help="also time GDAL's polygonize and sieve, for reference")
     parser.add_argument("--min-area", type=int, default=None,
                         help="min_area (default: the function's default for the layered map, 16 for the noisy one)")
@@ -175,19 +179,20 @@ def main():
     print("load average (1, 5, 15 min): " + ", ".join(f"{load:.1f}" for load in os.getloadavg()))
 
     if args.label_map:
-        run_case(args.label_map, load_map(args.label_map), args.min_area or 16, args.repeat)
+        run_case(args.label_map, load_map(args.label_map), args.min_area or 16, args.repeat, args.tolerance)
         return
     if args.random_model:
-        run_case("random-weight model, one click", random_model_map(), args.min_area or 16, args.repeat)
+        run_case("random-weight model, one click", random_model_map(), args.min_area or 16, args.repeat,
+                 args.tolerance)
         return
     if args.gdal:
         gdal_reference(layered_map(), args.repeat)
     if args.map in ("both", "layered"):
         run_case(f"layered (40 blobs, jitter {args.jitter:g} px)", layered_map(jitter=args.jitter),
-                 25 if args.min_area is None else args.min_area, args.repeat)
+                 25 if args.min_area is None else args.min_area, args.repeat, args.tolerance)
     if args.map in ("both", "noisy"):
         run_case(f"noisy (salt {args.salt:g})", salted(layered_map(496, 768), args.salt),
-                 16 if args.min_area is None else args.min_area, args.repeat)
+                 16 if args.min_area is None else args.min_area, args.repeat, args.tolerance)
 
 
 if __name__ == "__main__":
