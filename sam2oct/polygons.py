@@ -453,6 +453,13 @@ def _walks(runs, region, only=None):
     vy = np.concatenate([runs.row, runs.row[last]])
     v_left = np.concatenate([np.where(runs.x0 > 0, np.roll(region, 1), _OUTSIDE), region[last]])
     v_right = np.concatenate([region, np.full(len(last), _OUTSIDE)])
+    if only is not None:  # keep the edges of those regions (index -1, outside, is never wanted)
+        wanted = np.zeros(region.max() + 2, bool)
+        wanted[only] = True
+        keep = wanted[h_above] | wanted[h_below]
+        hy, hx0, hx1, h_above, h_below = hy[keep], hx0[keep], hx1[keep], h_above[keep], h_below[keep]
+        keep = wanted[v_left] | wanted[v_right]
+        vx, vy, v_left, v_right = vx[keep], vy[keep], v_left[keep], v_right[keep]
     # join unit edges above each other into segments, except at corners a horizontal segment ends at
     corners = np.zeros((height + 1) * (width + 1), bool)
     corners[hy * (width + 1) + hx0] = True
@@ -472,11 +479,7 @@ def _walks(runs, region, only=None):
     ey = np.concatenate([hy, hy, vy1, vy0])
     side = np.concatenate([h_below, h_above, v_left, v_right])
     direction = np.repeat([0, 2, 1, 3], [len(hx0), len(hx0), len(vx), len(vx)])
-    inside = side != _OUTSIDE
-    if only is not None:
-        wanted = np.zeros(region.max() + 1, bool)
-        wanted[only] = True
-        inside[inside] = wanted[side[inside]]
+    inside = side != _OUTSIDE if only is None else wanted[side]
     sx, sy, ex, ey, side, direction = sx[inside], sy[inside], ex[inside], ey[inside], side[inside], direction[inside]
     n = len(sx)
     # at each corner, the walks of one region come in and go out in pairs;
