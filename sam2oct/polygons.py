@@ -466,8 +466,8 @@ def _walks(runs, region, only=None):
     corners[hy * (width + 1) + hx1] = True
     order = np.argsort(vx * height + vy)
     vx, vy, v_left, v_right = vx[order], vy[order], v_left[order], v_right[order]
-    joined = np.concatenate([[False], (vx[1:] == vx[:-1]) & (vy[1:] == vy[:-1] + 1) & (v_left[1:] == v_left[:-1])
-                   & (v_right[1:] == v_right[:-1])])
+    below = (vx[1:] == vx[:-1]) & (vy[1:] == vy[:-1] + 1)
+    joined = np.concatenate([[False], below & (v_left[1:] == v_left[:-1]) & (v_right[1:] == v_right[:-1])])
     joined[joined] = ~corners[vy[joined] * (width + 1) + vx[joined]]
     first = np.flatnonzero(~joined)
     vx, vy0, v_left, v_right = vx[first], vy[first], v_left[first], v_right[first]
@@ -502,7 +502,10 @@ def _path_graph(successor):
 
 
 def _cut_holes(runs, region, hole_region, hole_xmin, hole_xmax):
-    """Split the regions ``holed`` into hole-free pieces; returns the split runs and their piece ids.
+    """Split the regions that own holes into hole-free pieces; returns the split runs and their piece ids.
+
+    ``hole_region``, ``hole_xmin`` and ``hole_xmax`` give each hole's owner
+    and x-range (pixel edges).
 
     Cuts are vertical lines at integer x, so the pieces stay on pixel edges.
     A cut at any integer x within a hole's x-range opens that hole: every part
