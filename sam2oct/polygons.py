@@ -37,7 +37,7 @@ _MERGE_TABLE_LIMIT = 1 << 24
 _OUTSIDE = -1  # "region" beyond the image border
 
 
-def label_map_to_shapes(label_map, class_names, *, tolerance=1.0, min_area=25):
+def label_map_to_shapes(label_map, class_names, *, tolerance, min_area):
     """Trace a label map into CVAT polygon shapes that tile the image exactly.
 
     ``label_map`` is a 2-D array of class indices, of any integer type

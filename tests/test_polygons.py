@@ -133,15 +133,15 @@ def test_simplified_coverage_keeps_tiling_and_border():
         shapes = check_tiles_image(label_map, tolerance)
         check_format(shapes, label_map.shape)
     # simplification actually removed vertices
-    exact = sum(len(s["points"]) for s in label_map_to_shapes(label_map, NAMES, tolerance=0))
-    simple = sum(len(s["points"]) for s in label_map_to_shapes(label_map, NAMES, tolerance=3))
+    exact = sum(len(s["points"]) for s in label_map_to_shapes(label_map, NAMES, tolerance=0, min_area=25))
+    simple = sum(len(s["points"]) for s in label_map_to_shapes(label_map, NAMES, tolerance=3, min_area=25))
     assert simple < exact / 2
 
 
 def test_neighbours_share_vertices_after_simplification():
     rng = np.random.default_rng(5)
     label_map = layered(rng, 40, 60, 4)
-    shapes = label_map_to_shapes(label_map, NAMES, tolerance=2)
+    shapes = label_map_to_shapes(label_map, NAMES, tolerance=2, min_area=25)
     polys = polygons(shapes)
     for i, j in zip(*shapely.STRtree(polys).query(polys, predicate="touches")):
         shared = polys[i].boundary.intersection(polys[j].boundary)
@@ -152,8 +152,8 @@ def test_neighbours_share_vertices_after_simplification():
 
 
 def test_background_and_empty_maps():
-    assert label_map_to_shapes(np.zeros((5, 7), np.uint8), NAMES) == []
-    (shape,) = label_map_to_shapes(np.full((5, 7), 3), NAMES)
+    assert label_map_to_shapes(np.zeros((5, 7), np.uint8), NAMES, tolerance=1.0, min_area=25) == []
+    (shape,) = label_map_to_shapes(np.full((5, 7), 3), NAMES, tolerance=1.0, min_area=25)
     assert shape["label"] == "c" and sorted(map(tuple, shape["points"])) == [(0, 0), (0, 5), (7, 0), (7, 5)]
 
 
@@ -301,13 +301,13 @@ def test_noise_is_merged_in_rounds():
 
 def test_bad_arguments():
     with pytest.raises(ValueError, match="2-D"):
-        label_map_to_shapes(np.zeros((2, 2, 2), int), NAMES)
+        label_map_to_shapes(np.zeros((2, 2, 2), int), NAMES, tolerance=1.0, min_area=25)
     with pytest.raises(ValueError, match="integer"):
-        label_map_to_shapes(np.zeros((2, 2)), NAMES)
+        label_map_to_shapes(np.zeros((2, 2)), NAMES, tolerance=1.0, min_area=25)
     with pytest.raises(ValueError, match="outside 0..5"):
-        label_map_to_shapes(np.full((2, 2), 6), NAMES)
+        label_map_to_shapes(np.full((2, 2), 6), NAMES, tolerance=1.0, min_area=25)
     with pytest.raises(ValueError, match=">= 0"):
-        label_map_to_shapes(np.zeros((2, 2), int), NAMES, tolerance=-1)
+        label_map_to_shapes(np.zeros((2, 2), int), NAMES, tolerance=-1, min_area=25)
 
 
 def test_mask_outline():
@@ -361,7 +361,7 @@ SPLIT_IN_DATA = {
 def test_sample_label_maps(name):
     classes = json.loads((DATA / "classes.json").read_text())["classes"]
     label_map = np.array(Image.open(DATA / name))
-    shapes = label_map_to_shapes(label_map, classes)
+    shapes = label_map_to_shapes(label_map, classes, tolerance=1.0, min_area=25)
     expected = {cls: 1 for cls in classes[1:]} | SPLIT_IN_DATA[name]
     assert Counter(s["label"] for s in shapes) == expected
     check_format(shapes, label_map.shape)
