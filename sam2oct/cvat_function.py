@@ -48,6 +48,12 @@ PARAMETERS = {"kind": f"{', '.join(KINDS)} (default detector): what the function
 _DEFAULTS = {f.name: f.default for f in fields(PipelineOptions) if f.default is not MISSING}
 
 
+def parameter_type(name: str) -> str:
+    """The TYPE to write in ``-p NAME=TYPE:VALUE`` for a parameter: str, int or float."""
+    default = _DEFAULTS.get(name)
+    return type(default).__name__ if isinstance(default, (int, float)) else "str"
+
+
 class ParameterError(ConfigError, _CliShowsMessage):
     """A ``-p`` parameter (or the checkpoint it names) the function cannot work with."""
 
@@ -71,9 +77,8 @@ def create(**params):
     for name, value in params.items():
         default = _DEFAULTS[name]
         if isinstance(value, str) and isinstance(default, (int, float)):
-            cast = type(default).__name__
             raise ParameterError(f"-p {name}: {value!r} is text, and {name} is a number: write "
-                                 f"-p {name}={cast}:{value}", option=name)
+                                 f"-p {name}={parameter_type(name)}:{value}", option=name)
     names = {name: f"-p {name}" for name in PipelineOptions.names()}
     if not params.get("checkpoint"):
         params["checkpoint"] = os.environ.get(CHECKPOINT_ENV) or None
