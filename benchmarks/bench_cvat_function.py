@@ -13,7 +13,9 @@ shifts of tests/data/bscan_768x496_s1.png, so every frame is new to the feature 
 seeded random weights, saved to a temporary checkpoint file first. Random weights give noise label
 maps with hundreds or thousands of small regions, where a trained checkpoint gives a few dozen:
 the region count per frame is printed, because tracing regions into polygons and masks costs in
-proportion to it. Not a test: it prints figures, it asserts nothing.
+proportion to it, and the detector's work after the model is also timed on the sample's layer label
+map (tests/data/bscan_768x496_s1_labels.png), the kind of map a trained checkpoint gives. Not a
+test: it prints figures, it asserts nothing.
 """
 
 import argparse
@@ -43,8 +45,10 @@ from cvat_cli._internal.parsers import parse_function_parameter  # noqa: E402
 from cvat_sdk.auto_annotation.driver import _DetectionFunctionContextImpl  # noqa: E402
 
 from sam2oct.checkpoint import build_model  # noqa: E402
+from sam2oct.predictor import Prediction  # noqa: E402
 
 SAMPLE = ROOT / "tests" / "data" / "bscan_768x496_s1.png"
+LABELS = ROOT / "tests" / "data" / "bscan_768x496_s1_labels.png"
 TINY_CKPT = ROOT / "tests" / "fixtures" / "parity" / "tiny_k9.pt"
 TINY_CONFIG = ROOT / "tests" / "fixtures" / "parity" / "tiny_k9.yaml"
 
@@ -83,6 +87,24 @@ def bench_detector(checkpoint, config, args, images):
         print(f"  detector, {kind}: first frame {times[0]:.2f} s; then median {statistics.median(steady):.2f} s/frame "
               f"= {1 / statistics.median(steady):.2f} frames/s over {len(steady)} frames; "
               f"{min(counts)}-{max(counts)} shapes per frame")
+
+
+def bench_detector_on_layers(checkpoint, config, args, images):
+    """The detector's work after the model on a label map with real layers (the sample's label PNG),
+    as a trained checkpoint gives: tracing regions, then cvat-sdk shapes."""
+    fn = load("detector", checkpoint, config, args)
+    p = fn.pipeline
+    labels = np.asarray(Image.open(LABELS), dtype=np.uint8)
+    encoded = p.encode(p.read_pil(images[0]))
+    layers = Prediction(low_res_logits=None, ious=None, label_map=labels, confidence=np.ones(labels.shape, np.float32))
+    for poly in (False, True):
+        times = []
+        for _ in range(args.runs):
+            dt, shapes = seconds(lambda: fn.annotations(p.regions(encoded, prediction=layers), poly))
+            times.append(dt)
+        kind = "polygons" if poly else "masks"
+        print(f"  detector after the model, on the sample's layer label map ({LABELS.name}), {kind}: "
+              f"median {statistics.median(times):.3f} s/frame, {len(shapes)} shapes")
 
 
 def bench_interactor(checkpoint, config, args, images):
@@ -154,6 +176,7 @@ def main(argv=None):
                   f"{sum(p.numel() for p in model.parameters()) / 1e6:.1f} M parameters)")
             del model
         bench_detector(checkpoint, config, args, images[:args.frames])
+        bench_detector_on_layers(checkpoint, config, args, images)
         bench_interactor(checkpoint, config, args, images)
         bench_tracker(checkpoint, config, args, images[:args.frames])
 

@@ -190,8 +190,12 @@ class Detector(_Function):
     def detect(self, context, image) -> list:
         p = self.pipeline
         gray = read_frame(p, image, context.frame_name)
-        regions = p.regions(p.encode(gray), context.conf_threshold)
-        if context.conv_mask_to_poly:
+        return self.annotations(p.regions(p.encode(gray), context.conf_threshold), context.conv_mask_to_poly)
+
+    @staticmethod
+    def annotations(regions, conv_mask_to_poly: bool = False) -> list:
+        """Pipeline regions as cvat-sdk shapes: label id = class channel, score = mean class probability."""
+        if conv_mask_to_poly:
             return [cvataa.polygon(r.class_index, polygons.flatten_points(r.points), score=r.score)
                     for r in regions]
         return [cvataa.mask(r.class_index, mask_points(r.mask, r.offset), score=r.score) for r in regions]
