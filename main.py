@@ -4,8 +4,8 @@ import json
 import traceback
 
 from model_handler import ModelHandler
-from sam2oct.errors import RequestError
-from sam2oct.settings import Settings
+from sam2oct.errors import RequestError, describe
+from sam2oct.settings import OPTION_ENV, Settings
 
 try:  # a CUDA out-of-memory error is its own class from torch 2.5 on
     from torch import OutOfMemoryError
@@ -37,8 +37,9 @@ def handler(context, event):
     try:
         return _reply(context, 200, model.infer(event.body))
     except RequestError as exc:
-        context.logger.warn(f"sam2-oct: refused ({exc.status}): {exc}")
-        return _reply(context, exc.status, {"error": str(exc)})
+        message = describe(exc, OPTION_ENV)
+        context.logger.warn(f"sam2-oct: refused ({exc.status}): {message}")
+        return _reply(context, exc.status, {"error": message})
     except (OutOfMemoryError, MemoryError):
         model.release_memory()
         context.logger.error("sam2-oct: out of memory; cache cleared")

@@ -125,6 +125,21 @@ def build_parser() -> argparse.ArgumentParser:
     cv.add_argument("dst")
     cv.add_argument("--config", default=None, help="SAM 2 model config the checkpoint was built from")
     cv.set_defaults(run=_convert)
+
+    ev = sub.add_parser("evaluate", help="score a checkpoint on annotated B-scans (IoU, Dice, boundary error)")
+    ev.add_argument("data", metavar="DATA",
+                    help="CVAT export (zip or folder: 'CVAT for images 1.1', 'Segmentation mask 1.1') "
+                         "or a folder with images/ and labels/")
+    ev.add_argument("--checkpoint", required=True, help="SAM2-OCT checkpoint file")
+    ev.add_argument("--config", default=None, help="SAM 2 model config (default: SAM 2.1 Hiera Base+)")
+    ev.add_argument("--profile", choices=sorted(PROFILES), help="default: inferred from the class count")
+    ev.add_argument("--class-names", help="comma-separated class names overriding the profile's")
+    ev.add_argument("--preprocess", choices=["stretch", "pad-equalize", "both"],
+                    help="default: the profile's; 'both' scores the two side by side")
+    ev.add_argument("--device", help="cpu, cuda, cuda:N (default: cuda when available)")
+    ev.add_argument("--json", help="write the full report here (per class, per image)")
+    ev.add_argument("--max-pixels", type=int, default=4096 * 4096)
+    ev.set_defaults(run=_evaluate)
     return parser
 
 
@@ -135,3 +150,47 @@ def main(argv=None) -> int:
     except Sam2OctError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+
+
+def _evaluate(args) -> int:
+    from sam2oct.checkpoint import num_classes_of, read_state_dict
+    from sam2oct.datasets import DatasetError, load_dataset
+    from sam2oct.evaluate import compare, format_table, score
+    from sam2oct.profiles import resolve_profile
+
+    if not Path(args.data).exists():
+        raise DatasetError(f"dataset not found: {args.data}")
+    # The classes come from the checkpoint's K (weights mapped, not built into a model), so a
+    # label the model does not know stops the run before the slow part.
+    k = num_classes_of(read_state_dict(args.checkpoint), args.checkpoint)
+    profile = resolve_profile(k, args.profile, args.class_names)
+    dataset = load_dataset(args.data, profile.class_names, max_pixels=args.max_pixels)
+    skipped = ", ".join(f"{v} {k}" for k, v in dataset.skipped.items())
+    print(f"{dataset.source}: {len(dataset)} B-scans" + (f"; skipped {skipped}" if skipped else ""),
+          file=sys.stderr)
+    modes = ["stretch", "pad-equalize"] if args.preprocess == "both" else [args.preprocess or profile.preprocess]
+    predictors = _label_map_predictors(args, modes)
+    def progress(i, n, sample, mode=None):
+        print(f"[{i}/{n}] {sample.name}" + (f" ({mode})" if mode else ""), file=sys.stderr)
+
+    reports = {mode: score(dataset, predict, lambda *a, m=mode: progress(*a, m if len(modes) > 1 else None))
+               for mode, predict in predictors.items()}
+    report = compare(reports) if len(reports) > 1 else {"preprocess": modes[0], **reports[modes[0]]}
+    report["source"], report["skipped"] = dataset.source, dataset.skipped
+    print(format_table(report))
+    if args.json:
+        Path(args.json).write_text(json.dumps(report, indent=1, allow_nan=False))
+    return 0
+
+
+def _label_map_predictors(args, modes) -> dict:
+    """{preprocessing: grey frame -> label map}, one model shared by all."""
+    import torch
+
+    from sam2oct.checkpoint import load_model
+    from sam2oct.predictor import SemanticPredictor
+
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    model = load_model(args.checkpoint, args.config, device)
+    return {mode: (lambda gray, p=SemanticPredictor(model, mode, cache_size=1): p.predict(gray).label_map)
+            for mode in modes}

@@ -279,13 +279,18 @@ class Pipeline:
     # --- image to features ---------------------------------------------------------------
 
     def read_image(self, data: bytes) -> np.ndarray:
-        return read_image(data, self.options.max_pixels)
+        try:
+            return read_image(data, self.options.max_pixels)
+        except RequestError as exc:
+            if exc.status == 413:  # the pixel limit is a setting: let the front door name it
+                exc.option = "max_pixels"
+            raise
 
     def read_pil(self, image: Image.Image) -> np.ndarray:
         w, h = image.size
         if w * h > self.options.max_pixels:
             raise RequestError(f"image is {w}x{h} = {w * h} pixels, over the pixel limit of "
-                               f"{self.options.max_pixels}", status=413)
+                               f"{self.options.max_pixels}", status=413, option="max_pixels")
         return gray_from_pil(image)
 
     def encode(self, gray: np.ndarray) -> EncodedImage:

@@ -83,7 +83,7 @@ def prompted():
 def prediction(h, data):
     """The model's own prediction for a frame, straight from the worker's predictor."""
     gray = read_image(data, h.model.settings.options.max_pixels)
-    return h.model.predictor.predict(gray)
+    return h.model.predictor.predict(gray, confidence=True)
 
 
 def truth(h, data):
@@ -275,7 +275,7 @@ def test_warm_up_runs_once_and_leaves_no_trace(monkeypatch, interactor, synth96)
     ({"SAM2OCT_PROFILE": "nr207"}, ["SAM2OCT_PROFILE", "nr207"]),
     ({"SAM2OCT_LABEL_STYLE": "colour"}, ["SAM2OCT_LABEL_STYLE", "colour"]),
     ({"SAM2OCT_CACHE_MB": "lots"}, ["SAM2OCT_CACHE_MB", "lots", "not a number"]),
-    ({"SAM2OCT_CLASS_NAMES": "a,b,c"}, ["SAM2OCT_CLASS_NAMES", "3 names", "9 classes"]),
+    ({"SAM2OCT_CLASS_NAMES": "a,b,c"}, ["SAM2OCT_CLASS_NAMES", "3 class names", "9 classes"]),
     ({"SAM2_DEVICE": "not-a-device"}, ["SAM2_DEVICE", "not-a-device"]),
 ])
 def test_bad_configuration_fails_init_clearly(tmp_path, caplog, env, words):
@@ -745,7 +745,7 @@ def spy_decode(monkeypatch, h):
     real = h.model.predictor.decode
 
     def spy(encoded, **kwargs):
-        result = real(encoded, **kwargs)
+        result = real(encoded, **kwargs, logits=True)  # the logits too, for the comparisons below
         calls.append((kwargs, result))
         return result
 
@@ -765,7 +765,7 @@ def test_prompted_profile_feeds_clicks_and_box_to_the_model(prompted, monkeypatc
     np.testing.assert_array_equal(kwargs["box"], [3, 2, 92, 60])
     assert kwargs["dense_labels"] is None
     # the prompts changed what the model says
-    base = real(prompted.model.predictor.encode(read_image(synth96)))
+    base = real(prompted.model.predictor.encode(read_image(synth96)), logits=True)
     assert not torch.equal(base.low_res_logits, result.low_res_logits)
     assert (base.label_map != result.label_map).any()
     # the reply selects from the prompted label map: box, then the negative click, then the positive
@@ -807,7 +807,7 @@ def test_prompted_profile_paints_brush_labels(prompted, monkeypatch, synth96):
     np.testing.assert_array_equal(dense, want)
     assert kwargs["points"] is None and kwargs["box"] is None
     assert status == 200 and reply["brush"] == "used"
-    base = real(prompted.model.predictor.encode(read_image(synth96)))
+    base = real(prompted.model.predictor.encode(read_image(synth96)), logits=True)
     assert not torch.equal(base.low_res_logits, result.low_res_logits)
 
 
@@ -936,3 +936,18 @@ def test_out_of_memory_is_503_and_clears_the_cache(interactor, monkeypatch, synt
     calls = p.encoder_calls
     assert interactor.call({"image": b64(synth96)})[0] == 200
     assert p.encoder_calls == calls + 1  # encoded afresh
+
+
+def test_detector_skips_a_frame_it_cannot_read_and_logs_why(detector, synth96):
+    """Stock CVAT shows only "422 Client Error" and aborts the task's automatic annotation: a
+    frame the detector cannot read answers no shapes instead, and the log says why."""
+    for data, why in [(b"not an image at all", "not a decodable image"),
+                      (synth96[: len(synth96) // 2], "could not be")]:
+        before = len(detector.log.lines("warn"))
+        status, reply = detector.call({"image": b64(data)})
+        assert (status, reply) == (200, [])
+        logged = detector.log.lines("warn")[before:]
+        assert any("frame skipped" in line and why in line for line in logged), logged
+    # a malformed request is still refused
+    assert detector.call({"image": "%%% not base64"}).status == 400
+    assert detector.call({"pos_points": []}).status == 400
