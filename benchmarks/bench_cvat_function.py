@@ -96,7 +96,8 @@ def bench_detector_on_layers(checkpoint, config, args, images):
     p = fn.pipeline
     labels = np.asarray(Image.open(LABELS), dtype=np.uint8)
     encoded = p.encode(p.read_pil(images[0]))
-    layers = Prediction(low_res_logits=None, ious=None, label_map=labels, confidence=np.ones(labels.shape, np.float32))
+    layers = Prediction(label_map=labels, ious=np.ones(p.num_classes, np.float32),
+                        confidence=np.ones(labels.shape, np.float32))
     for poly in (False, True):
         times = []
         for _ in range(args.runs):

@@ -45,6 +45,7 @@ CHECKPOINT_ENV = OPTION_ENV["checkpoint"]
 # -p name -> one line of help; the README's table and the refusal of unknown names use these.
 PARAMETERS = {"kind": f"{', '.join(KINDS)} (default detector): what the function does",
               **{name: OPTION_HELP[name] for name in PipelineOptions.names()}}
+PARAMETER_NAMES = {name: f"-p {name}" for name in PipelineOptions.names()}  # errors.describe's names
 _DEFAULTS = {f.name: f.default for f in fields(PipelineOptions) if f.default is not MISSING}
 
 
@@ -79,7 +80,7 @@ def create(**params):
         if isinstance(value, str) and isinstance(default, (int, float)):
             raise ParameterError(f"-p {name}: {value!r} is text, and {name} is a number: write "
                                  f"-p {name}={parameter_type(name)}:{value}", option=name)
-    names = {name: f"-p {name}" for name in PipelineOptions.names()}
+    names = dict(PARAMETER_NAMES)
     if not params.get("checkpoint"):
         params["checkpoint"] = os.environ.get(CHECKPOINT_ENV) or None
         names["checkpoint"] = (f"{CHECKPOINT_ENV} (no -p checkpoint given)" if params["checkpoint"]
@@ -143,8 +144,8 @@ def read_frame(pipeline: Pipeline, image, frame_name: str | None = None) -> np.n
     where = f"frame {frame_name!r}" if frame_name else "the frame"
     try:
         return pipeline.read_pil(image)
-    except RequestError as exc:
-        raise RequestRefused(f"{where}: {exc}", exc.status) from exc
+    except RequestError as exc:  # e.g. over the pixel limit: "-p max_pixels: image is ..."
+        raise RequestRefused(f"{where}: {describe(exc, PARAMETER_NAMES)}", exc.status, option=exc.option) from exc
     except MemoryError:
         raise
     except Exception as exc:  # PIL decodes lazily: a corrupt file fails here, in whatever way

@@ -396,17 +396,22 @@ def test_detector_scores_and_confidence_threshold(detector):
 
 
 def image_in_mode(mode: str) -> Image.Image:
-    """CROP in a PIL mode a B-scan file may give, holding the same grey values."""
+    """A B-scan in a PIL mode a B-scan file may give, all holding the same grey values.
+
+    Integer frames are scaled by their own maximum (as CVAT shows them); with one pixel at 255,
+    v * 257 over a maximum of 255 * 257 is exactly v / 255, the 8-bit scaling."""
+    scan = CROP.copy()
+    scan[0, 0] = 255
     if mode == "L":
-        return Image.fromarray(CROP)
+        return Image.fromarray(scan)
     if mode == "I;16":
-        return Image.fromarray(CROP.astype(np.uint16) * 257)  # 16-bit full range, v * 257 / 65535 = v / 255
+        return Image.fromarray(scan.astype(np.uint16) * 257)
     if mode == "I":
-        return Image.fromarray(CROP.astype(np.int32) * 257)
+        return Image.fromarray(scan.astype(np.int32) * 257)
     if mode == "RGB":
-        return Image.merge("RGB", [Image.fromarray(CROP)] * 3)
+        return Image.merge("RGB", [Image.fromarray(scan)] * 3)
     if mode == "P":  # a reversed grey palette: index i shows grey 255 - i
-        image = Image.fromarray(255 - CROP)
+        image = Image.fromarray(255 - scan)
         image.putpalette(bytes(v for i in range(256) for v in (255 - i,) * 3))
         return image
     raise ValueError(mode)
@@ -448,8 +453,8 @@ def test_undecodable_frame_names_it(detector, interactor):
 
 def test_oversized_frame_names_it():
     function = load(*TINY, "max_pixels=int:10000")
-    with pytest.raises(cvat_function.RequestRefused, match=r"^frame 'big.png': image is 160x112 = 17920 pixels, "
-                                                          r"over the pixel limit of 10000"):
+    with pytest.raises(cvat_function.RequestRefused, match=r"^frame 'big.png': -p max_pixels: image is 160x112 = "
+                                                          r"17920 pixels, over the pixel limit of 10000"):
         function.detect(context(frame_name="big.png"), frame())
 
 
