@@ -149,19 +149,35 @@ def background_pixel(function, image):
 
 # --- fixtures ----------------------------------------------------------------------------------
 
+@pytest.fixture(scope="module", autouse=True)
+def _leave_no_agent_state():
+    """The agent's worker globals hold the last function, its frames and states: drop them after
+    this module, so later tests (the soak test counts live features) do not see them."""
+    yield
+    agent_driver.set_worker_current_function(None)
+    interaction._pp_image_cache = interaction._PpImageCache()
+    tracking._tracking_states = tracking._TrackingStateContainer()
+
+
+def module_function(*params):
+    function = load(*params)
+    yield function
+    function.pipeline.release_memory()
+
+
 @pytest.fixture(scope="module")
 def detector():
-    return load(*TINY)
+    yield from module_function(*TINY)
 
 
 @pytest.fixture(scope="module")
 def interactor():
-    return load(*TINY, "kind=str:interactor")
+    yield from module_function(*TINY, "kind=str:interactor")
 
 
 @pytest.fixture(scope="module")
 def tracker():
-    return load(*TINY, "kind=str:tracker")
+    yield from module_function(*TINY, "kind=str:tracker")
 
 
 @pytest.fixture(scope="session")
