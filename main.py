@@ -28,14 +28,17 @@ def init_context(context):
 
 
 def _reply(context, status, obj):
-    return context.Response(body=json.dumps(obj), headers={}, content_type="application/json",
-                            status_code=status)
+    return _respond(context, status, json.dumps(obj))
+
+
+def _respond(context, status, text):
+    return context.Response(body=text, headers={}, content_type="application/json", status_code=status)
 
 
 def handler(context, event):
     model = context.user_data.model
     try:
-        return _reply(context, 200, model.infer(event.body))
+        return _respond(context, 200, model.infer_json(event.body))
     except RequestError as exc:
         message = describe(exc, OPTION_ENV)
         context.logger.warn(f"sam2-oct: refused ({exc.status}): {message}")

@@ -11,8 +11,10 @@ default lives in ``PipelineOptions``; errors name the option neutrally (``exc.op
 
 from __future__ import annotations
 
+import hashlib
 import threading
 from collections import OrderedDict
+from contextlib import contextmanager
 from dataclasses import dataclass, fields
 
 import numpy as np
@@ -22,13 +24,13 @@ from PIL import Image
 from scipy import ndimage
 
 from sam2oct import polygons
-from sam2oct.checkpoint import DEFAULT_CONFIG, load_model
+from sam2oct.checkpoint import DEFAULT_CONFIG, load_config, load_model, num_classes_of, read_state_dict
 from sam2oct.errors import CheckpointError, ConfigError, DeviceError, RequestError, Sam2OctError
 from sam2oct.images import DEFAULT_MAX_PIXELS, gray_from_pil, read_image
 from sam2oct.interaction import select
 from sam2oct.predictor import EncodedImage, Prediction, SemanticPredictor
 from sam2oct.preprocessing import PREPROCESS_MODES
-from sam2oct.profiles import PROFILES, parse_class_names, resolve_profile
+from sam2oct.profiles import PROFILES, Profile, parse_class_names, resolve_profile
 
 DOWNLOAD_HINT = "download one with: python -m sam2oct download nr206   (or mgu, mgu_prompted)"
 LABEL_STYLES = ("names", "index")
@@ -157,13 +159,14 @@ def move_to_device(model, device: torch.device):
                           f"{_first_line(exc)}", option="device") from exc
 
 
-def load_checkpoint(path, config) -> torch.nn.Module:
-    """The model on the CPU, or one CheckpointError that says what is wrong and how to get a good file."""
+@contextmanager
+def _checkpoint_errors(path):
+    """Whatever reading the checkpoint raises becomes one CheckpointError that says how to get a good file."""
     if not path:
         raise CheckpointError(f"no checkpoint given: name a SAM2-OCT checkpoint file; {DOWNLOAD_HINT}",
                               option="checkpoint")
     try:
-        return load_model(path, config, "cpu")
+        yield
     except Sam2OctError as exc:
         if exc.option == "config":
             raise
@@ -171,6 +174,24 @@ def load_checkpoint(path, config) -> torch.nn.Module:
     except Exception as exc:  # torch.load fails on foreign files in ways the loader does not name
         raise CheckpointError(f"{path}: cannot be loaded ({type(exc).__name__}: {_first_line(exc)}); "
                               f"{DOWNLOAD_HINT}", option="checkpoint") from exc
+
+
+def load_checkpoint(path, config) -> torch.nn.Module:
+    """The model on the CPU, or one CheckpointError that says what is wrong and how to get a good file."""
+    with _checkpoint_errors(path):
+        return load_model(path, config, "cpu")
+
+
+def preflight(options: PipelineOptions) -> Profile:
+    """What ``Pipeline(options)`` would refuse, found without building the model (a fraction of a
+    second): the device, the model config, the checkpoint file and its class count, the profile
+    and class names. Returns the profile the pipeline will run as."""
+    resolve_device(options.device)
+    with _checkpoint_errors(options.checkpoint):
+        load_config(options.config)
+        # The weights are memory-mapped, not copied: only the class count is read here.
+        k = num_classes_of(read_state_dict(options.checkpoint), options.checkpoint)
+    return resolve_profile(k, options.profile or None, options.class_names or None)
 
 
 # --- results --------------------------------------------------------------------------------
@@ -208,6 +229,10 @@ class Region:
         x, y = self.offset
         full[y:y + self.mask.shape[0], x:x + self.mask.shape[1]] = self.mask
         return full
+
+
+# A kept grey frame is at most this large (4 Mpx), so the recent files hold 64 MiB at most.
+_RECENT_FILE_BYTES = 16 << 20
 
 
 class _SmallLRU:
@@ -262,6 +287,7 @@ class Pipeline:
         self.label_index = {f"OCT_Object_{i}": i for i in range(k)}
         self.label_index.update({n: i for i, n in enumerate(self.profile.class_names)})
         self._shapes = _SmallLRU(16)
+        self._recent_files = _SmallLRU(4)  # image file digest -> its grey frame
 
     @property
     def device(self) -> torch.device:
@@ -295,6 +321,18 @@ class Pipeline:
 
     def encode(self, gray: np.ndarray) -> EncodedImage:
         return self.predictor.encode(gray)
+
+    def encode_file(self, data: bytes) -> EncodedImage:
+        """Image file bytes -> features, as ``encode(read_image(data))``. CVAT resends the frame
+        with every click: the last few files' grey frames are kept by the file's digest, so a
+        click does not decode the image again (the feature cache then finds its features)."""
+        digest = hashlib.blake2b(data, digest_size=20).digest()
+        gray = self._recent_files.get(digest)
+        if gray is None:
+            gray = self.read_image(data)
+            if gray.nbytes <= _RECENT_FILE_BYTES:
+                self._recent_files.put(digest, gray)
+        return self.encode(gray)
 
     # --- features to label map -----------------------------------------------------------
 
@@ -428,6 +466,7 @@ class Pipeline:
         """Drop cached features and shapes (and the CUDA allocator's spare blocks)."""
         self.predictor.cache.clear()
         self._shapes.clear()
+        self._recent_files.clear()
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
 

@@ -130,7 +130,7 @@ def test_user_errors_end_in_one_line_before_the_model_loads(tmp_path, monkeypatc
     code = cli.main(["evaluate", str(EXPORT), *TINY, "--class-names", "background,a,b,c,d,e,f,g,h"])
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1
-    assert err[0].startswith("error: unknown label 'NFL'") and "background, a, b, c, d, e, f, g, h" in err[0]
+    assert err[0].startswith("error: --class-names: unknown label 'NFL'") and "background, a, b, c, d, e, f, g, h" in err[0]
 
 
 @pytest.fixture(scope="module")
