@@ -15,7 +15,6 @@ log = logging.getLogger("sam2oct")
 
 # Stands for a field in the reply's JSON until its text, made faster, takes its place.
 _SLOT = f"sam2oct-slot-{uuid.uuid4().hex}"
-_SHAPE_TEXTS_MAX = 100_000  # shapes whose JSON text is kept (a noisy frame has ~10 000)
 
 
 def _mask_json(crop: np.ndarray) -> str:
@@ -42,9 +41,6 @@ class ModelHandler:
             raise type(exc)(describe(exc, OPTION_ENV)) from exc
         for message, option in self.pipeline.warnings:
             self._warn(f"sam2-oct: {OPTION_ENV.get(option, option)}: {message}")
-        # id(shape) -> (shape, its JSON text): a frame's traced shapes are the same objects on
-        # every click, and serialising thousands of them was most of a warm click's time.
-        self._shape_texts = {}
         if settings.warmup:
             self.pipeline.warm_up()
 
@@ -70,31 +66,32 @@ class ModelHandler:
         serialised once, and the interactor's mask crop straight from its array."""
         if self.settings.mode == "detector":
             return json.dumps(self.infer(body))
-        result, mask = self._interaction(self._interactor_request(body))
+        result, mask, encoded = self._interaction(self._interactor_request(body))
         x1, y1, x2, y2 = result["bounds"]
-        texts = {"mask": _mask_json(mask[y1:y2 + 1, x1:x2 + 1]), "shapes": self._shapes_json(result["shapes"])}
+        shapes = self._shapes_json(result["shapes"], self.pipeline.cached_shapes(encoded))
+        texts = {"mask": _mask_json(mask[y1:y2 + 1, x1:x2 + 1]), "shapes": shapes}
         text = json.dumps({**result, **{key: f"{_SLOT}-{key}" for key in texts}})
         for key, value in texts.items():  # mask and bounds come first: the first match is the slot
             text = text.replace(json.dumps(f"{_SLOT}-{key}"), value, 1)
         return text
 
-    def _shapes_json(self, shapes) -> str:
-        texts = self._shape_texts
-        if len(texts) > _SHAPE_TEXTS_MAX:
-            texts.clear()
-        parts = []
-        for shape in shapes:
-            hit = texts.get(id(shape))
-            if hit is None or hit[0] is not shape:  # holding the shape keeps its id from being reused
-                hit = texts[id(shape)] = (shape, json.dumps(shape))
-            parts.append(hit[1])
-        return "[" + ", ".join(parts) + "]"
+    def _shapes_json(self, shapes, cached) -> str:
+        """JSON of the reply's shapes. A frame's traced shapes are the same objects on every click
+        (serialising thousands of them was most of a warm click's time), so their texts are kept
+        with them in the pipeline's frame cache and leave with them; other shapes (traced for a
+        box, say) are serialised as they come."""
+        texts = {}
+        if cached is not None:
+            texts = cached.memo.get("json")
+            if texts is None:
+                texts = cached.memo["json"] = {id(shape): json.dumps(shape) for shape in cached.shapes}
+        return "[" + ", ".join(texts.get(id(shape)) or json.dumps(shape) for shape in shapes) + "]"
 
     def interact(self, req: cvat.InteractorRequest) -> dict:
         return self._interaction(req)[0]
 
     def _interaction(self, req: cvat.InteractorRequest):
-        """The reply and the picked [H, W] mask it was made from."""
+        """The reply, the picked [H, W] mask it was made from, and the encoded frame."""
         p = self.pipeline
         encoded = p.encode_file(req.image)
         h, w = encoded.geometry.height, encoded.geometry.width
@@ -122,7 +119,7 @@ class ModelHandler:
             result["snapped_clicks"] = picked.snapped_clicks
         if req.threshold is not None:
             result["threshold"] = "ignored: every pixel takes the model's most likely class"
-        return result, picked.mask
+        return result, picked.mask, encoded
 
     def _brush_mask(self, i, name, rle, h, w):
         if name not in self.pipeline.label_index:
@@ -152,4 +149,3 @@ class ModelHandler:
     def release_memory(self) -> None:
         """After an out-of-memory fault: drop cached features and the allocator's spare blocks."""
         self.pipeline.release_memory()
-        self._shape_texts.clear()

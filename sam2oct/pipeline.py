@@ -15,7 +15,7 @@ import hashlib
 import threading
 from collections import OrderedDict
 from contextlib import contextmanager
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 
 import numpy as np
 import shapely
@@ -49,8 +49,8 @@ OPTION_HELP = {
     "cache_mb": "memory the per-frame feature cache may hold, in MiB (0 disables it)",
     "simplify": "polygon simplification tolerance in pixels (0 keeps every pixel corner)",
     "min_area": "regions smaller than this many pixels merge into their surroundings",
-    "max_pixels": "largest image accepted, in pixels (decompression-bomb guard)",
-    "torch_threads": "CPU threads torch may use (0 = torch's default, one per core)",
+    "max_pixels": "largest image accepted, in pixels (decompression-bomb guard; at most 178956970, Pillow's hard limit)",
+    "torch_threads": "CPU threads torch may use (0 = torch's default, one per core; on a shared CPU host fewer keep clicks fast)",
     "snap_px": "a positive click this many pixels or closer to a layer picks the nearest layer",
 }
 
@@ -235,6 +235,14 @@ class Region:
 _RECENT_FILE_BYTES = 16 << 20
 
 
+@dataclass
+class FrameShapes:
+    """A frame's traced shapes, cached per frame, and what front doors derive from them."""
+
+    shapes: list
+    memo: dict = field(default_factory=dict)
+
+
 class _SmallLRU:
     """A few recent frames' traced shapes: a click on a frame seen before only selects among them."""
 
@@ -368,9 +376,15 @@ class Pipeline:
             return self.shapes(prediction.label_map)
         cached = self._shapes.get(encoded.key)
         if cached is None:
-            cached = self.shapes(prediction.label_map)
+            cached = FrameShapes(self.shapes(prediction.label_map))
             self._shapes.put(encoded.key, cached)
-        return cached
+        return cached.shapes
+
+    def cached_shapes(self, encoded: EncodedImage):
+        """The frame's traced shapes as cached (None if they are not): their ``memo`` dict is
+        where a front door keeps what it derives from those very objects (their JSON, say),
+        dropped with them."""
+        return self._shapes.get(encoded.key)
 
     def interact(self, encoded: EncodedImage, pos, neg, bbox=None, brush=(), *, confidence=False,
                  shapes=False) -> Interaction:

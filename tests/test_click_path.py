@@ -71,13 +71,24 @@ def test_detector_reply_text_is_json_dumps_of_the_reply(frame):
     assert model.infer_json(body) == json.dumps(model.infer(body))
 
 
-def test_a_cached_text_serves_only_its_own_shape(worker):
-    """The texts are found by id(shape); an entry left under the same id by another object is not used."""
-    model = worker.model
-    shapes = [{"label": "INL", "type": "polygon", "points": [[2.0, 2.0], [3.0, 2.0], [3.0, 3.0]]}]
-    model._shape_texts[id(shapes[0])] = ({"label": "NFL"}, '{"label": "NFL"}')  # as if the id were reused
-    assert model._shapes_json(shapes) == json.dumps(shapes)
-    assert model._shape_texts[id(shapes[0])][0] is shapes[0]
+def test_shape_texts_live_and_leave_with_the_frames_cached_shapes(worker, frame):
+    """The JSON texts are kept with the frame's traced shapes, so nothing outlives the frame cache
+    and shapes traced for one request (a box) are not kept at all."""
+    model, p = worker.model, worker.model.pipeline
+    p.release_memory()
+    png = encode(frame)
+    whole = {"image": b64(png)}
+    assert model.infer_json(whole) == json.dumps(model.infer(whole))
+    encoded = p.encode(p.read_image(png))
+    cached = p.cached_shapes(encoded)
+    assert cached is not None and len(cached.memo["json"]) == len(cached.shapes)
+    assert set(cached.memo["json"]) == {id(s) for s in cached.shapes}
+    w, h = frame.size
+    boxed = {"image": b64(png), "obj_bbox": [[1, 1], [w - 2, h - 2]]}
+    assert model.infer_json(boxed) == json.dumps(model.infer(boxed))
+    assert len(cached.memo["json"]) == len(cached.shapes)  # the box's own shapes were not kept
+    p.release_memory()
+    assert p.cached_shapes(encoded) is None
 
 
 def test_a_frame_sent_again_is_not_decoded_again(worker, frame, monkeypatch):

@@ -188,13 +188,19 @@ def centre_owners(shapes, shape):
     return count, cls
 
 
-def check_classes(owned, lm):
-    """Each shape or mask ((label, pixel index)) of 64+ pixels has its label map's majority class;
-    smaller ones may have merged into a neighbour. (The tiny model's map is speckled, so pixel-wise
-    agreement is only ~75%: speckles under 16 pixels merge into their surroundings.)"""
+def check_classes(owned, lm, min_area=16):
+    """Each shape or mask ((label, pixel index)) holding 64+ pixels of the label map's regions of
+    min_area (the default SAM2OCT_MIN_AREA) or more pixels has those pixels' majority class.
+    Only those pixels count: the tiny model's map is speckled (pixel-wise agreement is only ~75%),
+    speckles under min_area pixels merge into a neighbouring class, and merged speckle alone can
+    make a shape of 64+ pixels whose label need not be its pixels' majority."""
+    kept = np.zeros(lm.shape, bool)
+    for k in np.unique(lm):
+        lab, _ = ndimage.label(lm == k)
+        kept |= (np.bincount(lab.ravel()) >= min_area)[lab] & (lab > 0)
     agree = total = 0
     for label, pixels in owned:
-        counts = np.bincount(lm[pixels], minlength=len(NR206))
+        counts = np.bincount(lm[pixels][kept[pixels]], minlength=len(NR206))
         majority = counts.argmax() == NR206.index(label)
         assert majority or counts.sum() < 64, (label, counts)
         agree += majority * counts.sum()

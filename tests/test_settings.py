@@ -67,3 +67,15 @@ def test_every_variable_the_code_reads_is_a_documented_setting():
     assert read <= set(ENV_VARS), f"read but not in ENV_VARS: {sorted(read - set(ENV_VARS))}"
     # and each documented one is really read somewhere
     assert set(ENV_VARS) <= read, f"documented but never read: {sorted(set(ENV_VARS) - read)}"
+
+
+def test_readme_table_gives_each_variable_its_default_and_meaning():
+    rows = {}
+    for line in (ROOT / "README.md").read_text().splitlines():
+        m = re.match(r"\| `([A-Z0-9_]+)` \| (.*?) \| (.*) \|$", line)
+        if m:
+            rows[m.group(1)] = (m.group(2), m.group(3))
+    for name, (default, meaning) in ENV_VARS.items():
+        assert name in rows, f"README.md has no row for {name}"
+        shown = "(unset)" if default in (None, "") else f"`{default}`"
+        assert rows[name] == (shown, meaning), f"README.md's row for {name} is out of date"
