@@ -330,6 +330,9 @@ def test_checkpoint_from_the_environment(monkeypatch, tmp_path):
     ("label_style=str:numbers", "-p label_style: 'numbers' is not one of names, index"),
     ("snap_px=float:-1", "-p snap_px: -1.0 is outside"),
     ("device=str:tpu", "-p device: 'tpu'"),
+    ("profile=str:mgu", "-p profile: the checkpoint has 9 classes but profile 'mgu' expects 11"),
+    ("class_names=str:a,b", "-p class_names: 2 class names given but the checkpoint has 9 classes"),
+    ("config=str:/no/such/config.yaml", "-p config: "),
 ])
 def test_bad_parameter_values_name_the_parameter(param, message):
     with pytest.raises(cvat_function.ParameterError) as caught:
