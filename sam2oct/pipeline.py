@@ -438,15 +438,20 @@ class Pipeline:
             hit |= shapely.intersects_xy(outlines, x, y)
         return [s for s, h in zip(shapes, hit) if not h]
 
-    def regions(self, encoded: EncodedImage, threshold: float | None = None) -> list:
+    def regions(self, encoded: EncodedImage, threshold: float | None = None, *,
+                prediction: Prediction | None = None) -> list:
         """Every connected layer region of the frame, as a polygon and the pixels it holds.
 
         The masks of one frame never overlap: each pixel goes to the one polygon holding its
         centre, so they partition the frame exactly as the polygons tile it. ``threshold`` drops
-        regions whose mean class probability is below it.
+        regions whose mean class probability is below it. ``prediction`` (a prompted one, from
+        :meth:`predict`) replaces the frame's unprompted label map.
         """
-        prediction = self.predictor.decode(encoded, confidence=True)
-        shapes = self.frame_shapes(encoded, prediction)
+        if prediction is None:
+            prediction = self.predictor.decode(encoded, confidence=True)
+            shapes = self.frame_shapes(encoded, prediction)
+        else:
+            shapes = self.shapes(prediction.label_map)
         owner = polygons.rasterize_shapes(shapes, prediction.label_map.shape)
         out = []
         for i, box in enumerate(ndimage.find_objects(owner)):

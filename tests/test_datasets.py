@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from cvat_sdk.masks import encode_mask
 from hypothesis import HealthCheck, given, settings, strategies as st
 from PIL import Image
 
@@ -15,7 +16,6 @@ from conftest import DATA
 from sam2oct.datasets import (FORMAT_CVAT, FORMAT_PLAIN, FORMAT_SEGMENTATION_MASK, DatasetError,
                               load_dataset, rasterize, split_by_volume, volume_of)
 from sam2oct.images import read_image
-from sam2oct.masks import mask_to_rle
 from sam2oct.polygons import label_map_to_shapes, rasterize_shapes
 from sam2oct.profiles import NR206_CLASSES
 
@@ -40,7 +40,7 @@ def polygon_xml(label, points, z=0):
 
 
 def mask_xml(label, mask, z=0):
-    *runs, x1, y1, x2, y2 = mask_to_rle(mask)
+    *runs, x1, y1, x2, y2 = encode_mask(np.asarray(mask, dtype=bool))  # CVAT's own encoder
     return (f'<mask label="{label}" source="manual" occluded="0" rle="{", ".join(map(str, runs))}" '
             f'left="{x1}" top="{y1}" width="{x2 - x1 + 1}" height="{y2 - y1 + 1}" z_order="{z}"></mask>')
 
