@@ -51,7 +51,15 @@ from sam2oct.profiles import PROFILES
 
 MODULE = "sam2oct.cvat_function"
 TINY = (f"checkpoint=str:{TINY_CKPT}", f"config=str:{TINY_CONFIG}", "min_area=int:100")
-DOC = ROOT / "docs" / "cvat-cli.md"
+README = ROOT / "README.md"
+
+
+def doc_text() -> str:
+    """The README's section on cvat-cli, up to the next section."""
+    text = README.read_text()
+    start = text.index("## Using the model with cvat-cli")
+    end = text.find("\n## ", start + 1)
+    return text[start:] if end < 0 else text[start:end]
 H, W = 112, 160
 CROP = np.asarray(Image.open(DATA / "bscan_768x496_s1.png"))[120:120 + H, 232:232 + W]
 FULL = np.asarray(Image.open(DATA / "bscan_768x496_s1.png"))
@@ -210,8 +218,8 @@ def test_cli_commands_the_docs_quote_exist(command):
 
 
 def doc_commands():
-    """Every cvat-cli command line of docs/cvat-cli.md, as argv after the program name."""
-    blocks = re.findall(r"```bash\n(.*?)```", DOC.read_text(), re.S)
+    """Every cvat-cli command line of the README's cvat-cli section, as argv after the program name."""
+    blocks = re.findall(r"```bash\n(.*?)```", doc_text(), re.S)
     lines = [line.strip() for block in blocks for line in block.replace("\\\n", " ").splitlines()]
     return [shlex.split(line)[1:] for line in lines if line.startswith(".venv/bin/cvat-cli ")]
 
@@ -226,7 +234,7 @@ def test_docs_quote_every_kind():
 
 
 def doc_task_labels(profile):
-    row = next(line for line in DOC.read_text().splitlines() if line.startswith(f"| `{profile}`"))
+    row = next(line for line in doc_text().splitlines() if line.startswith(f"| `{profile}`"))
     return json.loads(re.search(r"`(\[.*\])`", row).group(1))
 
 
@@ -268,7 +276,7 @@ def test_docs_task_labels_are_the_profile_layers(profile):
 
 
 def test_docs_list_every_parameter():
-    text = DOC.read_text()
+    text = doc_text()
     for name, meaning in cvat_function.PARAMETERS.items():
         assert f"| `-p {name}={cvat_function.parameter_type(name)}:…` | {meaning} |" in text
 
