@@ -3,6 +3,7 @@
     python -m sam2oct segment IMAGE --checkpoint CKPT --json out.json --overlay out.png
     python -m sam2oct download {mgu,mgu_prompted,nr206}
     python -m sam2oct convert IN OUT
+    python -m sam2oct finetune DATA --checkpoint BASE --out OUT.pt [--val DATA2 | --val-fraction F]
 """
 
 import argparse
@@ -125,6 +126,35 @@ def build_parser() -> argparse.ArgumentParser:
     cv.add_argument("dst")
     cv.add_argument("--config", default=None, help="SAM 2 model config the checkpoint was built from")
     cv.set_defaults(run=_convert)
+
+    ft = sub.add_parser("finetune", help="adapt a checkpoint to your own labelled B-scans (CVAT export)")
+    ft.add_argument("data", metavar="DATA", help="training B-scans: a CVAT export ('CVAT for images 1.1' or "
+                    "'Segmentation mask 1.1', zip or folder) or a folder with images/ and labels/")
+    ft.add_argument("--checkpoint", required=True, help="SAM2-OCT checkpoint to start from")
+    ft.add_argument("--out", required=True, help="write the fine-tuned checkpoint here")
+    ft.add_argument("--config", default=None, help="SAM 2 model config (default: SAM 2.1 Hiera Base+)")
+    ft.add_argument("--profile", choices=sorted(PROFILES), help="default: inferred from the class count")
+    ft.add_argument("--class-names", help="comma-separated names of all K channels, as SAM2OCT_CLASS_NAMES")
+    ft.add_argument("--preprocess", choices=["stretch", "pad-equalize"], help="default: the profile's")
+    ft.add_argument("--mode", choices=["lora", "decoder", "full"], default="lora",
+                    help="lora: adapters + class heads (default); decoder: frozen, cached encoder; full: all")
+    ft.add_argument("--steps", type=int, default=300, help="optimiser steps (exactly)")
+    ft.add_argument("--batch", type=int, default=2, help="B-scans per step")
+    ft.add_argument("--rank", type=int, default=8, help="LoRA rank")
+    ft.add_argument("--lr-encoder", type=float, help="encoder-side learning rate (default: per mode)")
+    ft.add_argument("--lr-decoder", type=float, help="decoder-side learning rate (default: per mode)")
+    ft.add_argument("--warmup", type=int, help="warm-up steps before the cosine decay (default: 5%% of the steps)")
+    ft.add_argument("--views", type=int, default=3, help="decoder mode: cached encodings per B-scan "
+                    "(the original + augmented copies)")
+    ft.add_argument("--no-augment", action="store_true", help="train on the B-scans as they are")
+    val = ft.add_mutually_exclusive_group()
+    val.add_argument("--val", metavar="DATA2", help="validation B-scans (same formats as DATA)")
+    val.add_argument("--val-fraction", type=float, help="hold out about this fraction of DATA, whole volumes")
+    ft.add_argument("--report", help="write the JSON report here")
+    ft.add_argument("--device", help="cpu, cuda, cuda:N (default: cuda when available)")
+    ft.add_argument("--seed", type=int, default=0)
+    ft.add_argument("--max-pixels", type=int, default=4096 * 4096)
+    ft.set_defaults(run=_finetune)
     return parser
 
 
@@ -135,3 +165,87 @@ def main(argv=None) -> int:
     except Sam2OctError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+
+
+def _finetune(args) -> int:
+    """Every user error is found before the model is built: options, paths, device, classes, data."""
+    from dataclasses import replace
+
+    import torch
+
+    from sam2oct.checkpoint import load_config, num_classes_of, read_state_dict
+    from sam2oct.datasets import load_dataset, split_by_volume
+    from sam2oct.errors import ConfigError, DeviceError
+    from sam2oct.finetune import FinetuneOptions, check_options, run
+    from sam2oct.profiles import resolve_profile
+
+    options = FinetuneOptions(
+        mode=args.mode, steps=args.steps, batch=args.batch, rank=args.rank, lr_encoder=args.lr_encoder,
+        lr_decoder=args.lr_decoder, warmup=args.warmup, seed=args.seed, augment=not args.no_augment,
+        views=args.views)
+    try:
+        check_options(options)
+    except ValueError as exc:
+        raise ConfigError(f"--{str(exc).replace('_', '-')}") from None
+    if args.val_fraction is not None and not 0 < args.val_fraction < 1:
+        raise ConfigError(f"--val-fraction must be between 0 and 1, got {args.val_fraction}")
+    for flag, path in (("DATA", args.data), ("--val", args.val)):
+        if path is not None and not Path(path).exists():
+            raise ConfigError(f"{flag}: not found: {path}")
+    out = Path(args.out)
+    if out.is_dir():
+        raise ConfigError(f"--out {out} is a folder; name the checkpoint file to write")
+    if Path(args.checkpoint).exists() and out.exists() and out.resolve() == Path(args.checkpoint).resolve():
+        raise ConfigError("--out is the base checkpoint; write the fine-tuned one to another file")
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except RuntimeError as exc:
+        raise DeviceError(f"--device {device!r}: {exc}") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise DeviceError(f"--device {device}: CUDA is not available on this machine")
+    load_config(args.config)
+    k = num_classes_of(read_state_dict(args.checkpoint), args.checkpoint)
+    profile = resolve_profile(k, args.profile, args.class_names)
+    options = replace(options, preprocess=args.preprocess or profile.preprocess, prompted=profile.prompted)
+
+    def load(path):
+        try:
+            return load_dataset(path, profile.class_names, max_pixels=args.max_pixels)
+        except ValueError as exc:
+            raise ConfigError(f"{path}: {exc}") from None
+
+    train_set = load(args.data)
+    val_set = load(args.val) if args.val else None
+    if args.val_fraction is not None:
+        train_set, val_set = split_by_volume(train_set, args.val_fraction, args.seed)
+    data = {"train": _data_summary(args.data, train_set),
+            "validation": None if val_set is None else _data_summary(args.val or args.data, val_set)}
+    print(f"training on {len(train_set.samples)} B-scans" + (f", validating on {len(val_set.samples)}"
+          if val_set is not None else " (no validation: give --val or --val-fraction)"), file=sys.stderr)
+
+    try:
+        report = run(train_set, val_set, args.checkpoint, out, config=args.config, class_names=profile.class_names,
+                     options=options, device=device, data=data, progress=sys.stderr.isatty())
+    except KeyboardInterrupt:
+        print(f"error: interrupted; {out} was not written", file=sys.stderr)
+        return 130
+    validation = report["validation"]
+    if validation is not None:
+        b, a = validation["before"]["mean_iou"], validation["after"]["mean_iou"]
+        print(f"validation mean IoU (layers): {_pct(b)} before, {_pct(a)} after", file=sys.stderr)
+    text = json.dumps(report, indent=1)
+    if args.report:
+        Path(args.report).write_text(text)
+    print(f"wrote {out} ({report['steps']} steps, {report['wall_s']:.0f} s)", file=sys.stderr)
+    return 0
+
+
+def _data_summary(path, dataset) -> dict:
+    return {"path": str(path), "source": dataset.source, "images": len(dataset.samples),
+            "volumes": len({s.volume if s.volume is not None else s.name for s in dataset.samples}),
+            "skipped": dict(dataset.skipped)}
+
+
+def _pct(value) -> str:
+    return "-" if value is None else f"{value:.4f}"
