@@ -44,7 +44,7 @@ HEADS = ("sam_mask_decoder.mask_tokens.", "sam_mask_decoder.output_hypernetworks
 # is part of the cached features, so they cannot learn there.
 _ENCODER_PASS_DECODER_PARTS = ("sam_mask_decoder.conv_s0.", "sam_mask_decoder.conv_s1.")
 # (encoder-side, decoder-side) learning rates per mode; see docs/finetune.md.
-DEFAULT_LR = {"lora": (3e-4, 1e-3), "decoder": (0.0, 3e-4), "full": (1e-5, 3e-4)}
+DEFAULT_LR = {"lora": (1e-3, 3e-3), "decoder": (0.0, 1e-3), "full": (1e-5, 1e-3)}
 
 
 @dataclass(frozen=True)
