@@ -242,9 +242,9 @@ def _finetune(args) -> int:
 
 
 def _data_summary(path, dataset) -> dict:
+    volumes = sorted({s.volume if s.volume is not None else s.name for s in dataset.samples})
     return {"path": str(path), "source": dataset.source, "images": len(dataset.samples),
-            "volumes": len({s.volume if s.volume is not None else s.name for s in dataset.samples}),
-            "skipped": dict(dataset.skipped)}
+            "volumes": len(volumes), "volume_names": volumes, "skipped": dict(dataset.skipped)}
 
 
 def _pct(value) -> str:

@@ -304,6 +304,21 @@ def test_cli_output_serves_through_segment(finetuned, config256, tmp_path):
     assert doc["shapes"] and {s["label"] for s in doc["shapes"]} <= set(NR206_CLASSES[1:])
 
 
+def test_cli_val_fraction_holds_out_whole_volumes(tmp_path, config256):
+    install()
+    items = samples(12, SCANNER_A, 6)  # volumes vol0, vol1, vol2: four B-scans each
+    data = write_plain_dataset(tmp_path / "d", items)
+    report = tmp_path / "r.json"
+    code = cli.main(["finetune", str(data), "--checkpoint", str(TINY_CKPT), "--config", str(config256),
+                     "--out", str(tmp_path / "o.pt"), "--val-fraction", "0.3", "--steps", "1", "--batch", "1",
+                     "--report", str(report)])
+    assert code == 0
+    d = json.loads(report.read_text())["data"]
+    train_vols, val_vols = set(d["train"]["volume_names"]), set(d["validation"]["volume_names"])
+    assert train_vols | val_vols == {"vol0", "vol1", "vol2"} and not train_vols & val_vols
+    assert d["train"]["images"] + d["validation"]["images"] == 12 and d["validation"]["images"] % 4 == 0
+
+
 @pytest.fixture()
 def no_model(monkeypatch):
     """Fails the test if the model is built: user errors must be found before that."""
