@@ -380,7 +380,7 @@ def test_cli_errors_on_data_and_paths(tmp_path, capsys, no_model):
 # --- the done-when: real B-scans ---------------------------------------------------------------
 
 def test_real_spectralis_export_raises_held_out_miou(config256):
-    """Fine-tune on the Willis_B_716 volume (2 circle scans), score the other eye's B-scan."""
+    """Fine-tune on the Willis_B_716 volume (2 circle scans), score the other volume's B-scan."""
     install()
     data = load_dataset(SPECTRALIS_ZIP, SPECTRALIS_CLASSES)
     assert len(data.samples) == 3
