@@ -185,10 +185,10 @@ def _finetune(args) -> int:
         views=args.views)
     try:
         check_options(options)
-    except ValueError as exc:
-        raise ConfigError(f"--{str(exc).replace('_', '-')}") from None
+    except ConfigError as exc:
+        raise ConfigError(f"--{exc.option.replace('_', '-')}: {exc}") from None
     if args.val_fraction is not None and not 0 < args.val_fraction < 1:
-        raise ConfigError(f"--val-fraction must be between 0 and 1, got {args.val_fraction}")
+        raise ConfigError(f"--val-fraction: must be between 0 and 1, got {args.val_fraction}")
     for flag, path in (("DATA", args.data), ("--val", args.val)):
         if path is not None and not Path(path).exists():
             raise ConfigError(f"{flag}: not found: {path}")

@@ -29,6 +29,7 @@ import torch.nn.functional as F
 
 from sam2oct.augment import AugmentOptions, augment
 from sam2oct.checkpoint import load_model, read_state_dict, sha256_of
+from sam2oct.errors import ConfigError
 from sam2oct.lora import add_lora, merge_lora
 from sam2oct.losses import LossWeights, total_loss
 from sam2oct.modeling.semantic_sam2 import ImageFeatures
@@ -80,20 +81,22 @@ class FinetuneOptions:
 
 
 def check_options(o: FinetuneOptions) -> None:
-    """Raise ValueError naming the first option that cannot work."""
+    """Raise ConfigError (``option`` = the field) for the first option that cannot work."""
     if o.mode not in MODES:
-        raise ValueError(f"mode {o.mode!r} is not one of {', '.join(MODES)}")
+        raise ConfigError(f"{o.mode!r} is not one of {', '.join(MODES)}", option="mode")
     for name in ("steps", "batch", "rank", "views"):
         if getattr(o, name) < 1:
-            raise ValueError(f"{name} must be at least 1, got {getattr(o, name)}")
+            raise ConfigError(f"must be at least 1, got {getattr(o, name)}", option=name)
     for name in ("lr_encoder", "lr_decoder"):
         value = getattr(o, name)
         if value is not None and not (value >= 0 and math.isfinite(value)):
-            raise ValueError(f"{name} must be a finite number >= 0, got {value}")
+            raise ConfigError(f"must be a finite number >= 0, got {value}", option=name)
     if o.warmup is not None and not 0 <= o.warmup <= o.steps:
-        raise ValueError(f"warmup must be between 0 and the number of steps ({o.steps}), got {o.warmup}")
-    if not o.clip > 0 or not o.weight_decay >= 0:
-        raise ValueError("clip must be > 0 and weight decay >= 0")
+        raise ConfigError(f"must be between 0 and the number of steps ({o.steps}), got {o.warmup}", option="warmup")
+    if not o.clip > 0:
+        raise ConfigError(f"must be > 0, got {o.clip}", option="clip")
+    if not o.weight_decay >= 0:
+        raise ConfigError(f"must be >= 0, got {o.weight_decay}", option="weight_decay")
 
 
 # --- which weights learn ----------------------------------------------------------------------
@@ -278,7 +281,7 @@ def _jsonable(obj):
 
 def predictor_fn(model, preprocess: str):
     """gray -> label map, through the serving predictor (no feature cache)."""
-    predictor = SemanticPredictor(model, preprocess, cache_size=0)
+    predictor = SemanticPredictor(model, preprocess, 0)  # no feature cache
     return lambda gray: predictor.predict(gray).label_map
 
 

@@ -334,12 +334,12 @@ def no_model(monkeypatch):
 
 
 @pytest.mark.parametrize("args, fragment", [
-    (["--steps", "0"], "--steps must be at least 1"),
-    (["--batch", "0"], "--batch must be at least 1"),
-    (["--rank", "0"], "--rank must be at least 1"),
-    (["--lr-decoder", "-1"], "--lr-decoder must be"),
-    (["--steps", "50", "--warmup", "99"], "--warmup must be between 0 and the number of steps (50)"),
-    (["--val-fraction", "1.5"], "--val-fraction must be between 0 and 1"),
+    (["--steps", "0"], "--steps: must be at least 1"),
+    (["--batch", "0"], "--batch: must be at least 1"),
+    (["--rank", "0"], "--rank: must be at least 1"),
+    (["--lr-decoder", "-1"], "--lr-decoder: must be"),
+    (["--steps", "50", "--warmup", "99"], "--warmup: must be between 0 and the number of steps (50)"),
+    (["--val-fraction", "1.5"], "--val-fraction: must be between 0 and 1"),
     (["--val", "/nowhere/val"], "--val: not found: /nowhere/val"),
     (["--class-names", "a,b,c"], "has 3 names but the checkpoint has 9 classes"),
     (["--profile", "mgu"], "expects 11"),
