@@ -341,7 +341,7 @@ def no_model(monkeypatch):
     (["--steps", "50", "--warmup", "99"], "--warmup: must be between 0 and the number of steps (50)"),
     (["--val-fraction", "1.5"], "--val-fraction: must be between 0 and 1"),
     (["--val", "/nowhere/val"], "--val: not found: /nowhere/val"),
-    (["--class-names", "a,b,c"], "has 3 names but the checkpoint has 9 classes"),
+    (["--class-names", "a,b,c"], "the checkpoint has 9 classes"),
     (["--profile", "mgu"], "expects 11"),
     (["--device", "cuda:0"], "CUDA is not available"),
     (["--config", "/nowhere/cfg.yaml"], "/nowhere/cfg.yaml"),
