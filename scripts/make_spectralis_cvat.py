@@ -17,7 +17,8 @@ are used (Willis_B_716_0 has no RNFL line, so its NFL/GCL-BM split is unknown: i
 rather than labelled wrongly), and each is cropped to the columns where all three lines exist.
 The label maps become polygons with sam2oct.polygons.label_map_to_shapes (they tile the image),
 written in the layout CVAT itself exports (annotations.xml + images/, stored uncompressed), so
-the file is read by the same loader as a real export. The output is the same bytes on every run.
+the file is read by the same loader as a real export. The output is the same bytes on every run
+of the same code (another version of sam2oct.polygons may place polygon vertices differently).
 """
 
 import argparse
