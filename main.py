@@ -4,8 +4,8 @@ import json
 import traceback
 
 from model_handler import ModelHandler
-from sam2oct.errors import RequestError
-from sam2oct.settings import Settings
+from sam2oct.errors import RequestError, describe
+from sam2oct.settings import OPTION_ENV, Settings
 
 try:  # a CUDA out-of-memory error is its own class from torch 2.5 on
     from torch import OutOfMemoryError
@@ -16,7 +16,7 @@ except ImportError:  # pragma: no cover
 def init_context(context):
     context.logger.info("sam2-oct: loading the model")
     try:
-        handler = ModelHandler(Settings.from_env())
+        handler = ModelHandler(Settings.from_env(), logger=context.logger)
     except Exception as exc:
         # Said once, plainly; the worker then dies and Nuclio restarts it (restartPolicy).
         context.logger.error(f"sam2-oct: cannot start: {exc}")
@@ -28,17 +28,21 @@ def init_context(context):
 
 
 def _reply(context, status, obj):
-    return context.Response(body=json.dumps(obj), headers={}, content_type="application/json",
-                            status_code=status)
+    return _respond(context, status, json.dumps(obj))
+
+
+def _respond(context, status, text):
+    return context.Response(body=text, headers={}, content_type="application/json", status_code=status)
 
 
 def handler(context, event):
     model = context.user_data.model
     try:
-        return _reply(context, 200, model.infer(event.body))
+        return _respond(context, 200, model.infer_json(event.body))
     except RequestError as exc:
-        context.logger.warn(f"sam2-oct: refused ({exc.status}): {exc}")
-        return _reply(context, exc.status, {"error": str(exc)})
+        message = describe(exc, OPTION_ENV)
+        context.logger.warn(f"sam2-oct: refused ({exc.status}): {message}")
+        return _reply(context, exc.status, {"error": message})
     except (OutOfMemoryError, MemoryError):
         model.release_memory()
         context.logger.error("sam2-oct: out of memory; cache cleared")

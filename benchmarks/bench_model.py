@@ -84,7 +84,7 @@ def main(argv=None):
     torch.manual_seed(0)
 
     t_build, model = timed(lambda: build_model(args.k).to(device).eval(), torch.device("cpu"))
-    predictor = SemanticPredictor(model, preprocess=args.preprocess, cache_size=4)
+    predictor = SemanticPredictor(model, preprocess=args.preprocess)
     gray = read_image(args.image.read_bytes())
     h, w = gray.shape
     n_params = sum(p.numel() for p in model.parameters())
@@ -119,6 +119,9 @@ def main(argv=None):
     # Warm decodes: features cached, only prompt encoder + mask decoder + label map run.
     rows.append(("auto (first decode after encode)",
                  median_time(lambda: predictor.decode(enc), device, args.runs, before=forget_unprompted)))
+    rows.append(("auto + confidence (detector)",
+                 median_time(lambda: predictor.decode(enc, confidence=True), device, args.runs,
+                             before=forget_unprompted)))
     predictor.decode(enc)
     rows.append(("auto (memoised repeat)", median_time(lambda: predictor.decode(enc), device, args.runs)))
     clicks = dict(points=[[w * 0.3, h * 0.4], [w * 0.6, h * 0.5], [w * 0.8, h * 0.45]], labels=[1, 1, 0])
@@ -134,7 +137,8 @@ def main(argv=None):
         verdict = "ok" if med <= TARGET_S else f"OVER the {TARGET_S} s target"
         print(f"  {name:<34} {med:.3f} s (min {lo:.3f}, max {hi:.3f})  {verdict}")
     print(f"cache: {predictor.encoder_calls} encoder calls, hits={predictor.cache.hits} "
-          f"misses={predictor.cache.misses}")
+          f"misses={predictor.cache.misses}, {len(predictor.cache)} entry of "
+          f"{predictor.cache.nbytes / 2**20:.1f} MiB (features + memoised unprompted prediction)")
 
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
     print(f"peak memory: process RSS {rss:.0f} MiB", end="")

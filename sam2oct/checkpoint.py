@@ -41,7 +41,7 @@ def read_state_dict(path) -> dict:
     """Load the weights of a checkpoint file without unpickling anything but tensors."""
     path = Path(path)
     if not path.is_file():
-        raise CheckpointError(f"checkpoint file not found: {path}")
+        raise CheckpointError(f"checkpoint file not found: {path}", option="checkpoint")
     # mmap keeps an 880 MB file out of RAM until the weights are copied into the model; files in
     # torch's legacy (pre-zip) format cannot be mapped, so only a zip archive is mapped.
     try:
@@ -53,15 +53,17 @@ def read_state_dict(path) -> dict:
         refused = next((line.strip() for line in lines if "GLOBAL" in line or "global" in line), None)
         if refused is None:
             cause = next((ln.strip() for ln in lines if ln.startswith("Unsupported") or "load key" in ln), "not a pickle")
-            raise CheckpointError(f"{path}: not a PyTorch checkpoint ({cause[:200]})") from exc
+            raise CheckpointError(f"{path}: not a PyTorch checkpoint ({cause[:200]})",
+                                  option="checkpoint") from exc
         raise CheckpointError(
             f"{path}: refused to load: it holds Python objects other than weights "
-            f"(loading uses weights_only=True). Detail: {refused}"
+            f"(loading uses weights_only=True). Detail: {refused}", option="checkpoint",
         ) from exc
     except Exception as exc:  # torch.load fails in many ways on foreign or truncated bytes
         detail = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
         raise CheckpointError(
-            f"{path}: not a readable PyTorch checkpoint (truncated download or another file type?): {detail}"
+            f"{path}: not a readable PyTorch checkpoint (truncated download or another file type?): {detail}",
+            option="checkpoint",
         ) from exc
     return extract_state_dict(obj, path)
 
@@ -69,13 +71,13 @@ def read_state_dict(path) -> dict:
 def extract_state_dict(obj, path="checkpoint") -> dict:
     """Find the weights in a training checkpoint dict; strip DistributedDataParallel's prefix."""
     if not isinstance(obj, dict):
-        raise CheckpointError(f"{path}: holds a {type(obj).__name__}, not a dict of weights")
+        raise CheckpointError(f"{path}: holds a {type(obj).__name__}, not a dict of weights", option="checkpoint")
     sd = next((obj[k] for k in _WEIGHT_CONTAINERS if isinstance(obj.get(k), dict)), obj)
     tensors = {k: v for k, v in sd.items() if isinstance(k, str) and isinstance(v, torch.Tensor)}
     if not tensors:
         raise CheckpointError(
             f"{path}: no weights found (top-level keys: {_keys(map(str, obj))}); expected a state dict "
-            f"or one under {', '.join(_WEIGHT_CONTAINERS)}"
+            f"or one under {', '.join(_WEIGHT_CONTAINERS)}", option="checkpoint",
         )
     return {k.removeprefix("module."): v for k, v in tensors.items()}
 
@@ -85,38 +87,54 @@ def num_classes_of(sd: dict, path="checkpoint") -> int:
     if any("class_queries" in k for k in sd):
         raise CheckpointError(
             f"{path}: has class_queries ({_keys(k for k in sd if 'class_queries' in k)}): this is the "
-            f"DCE decoder variant, not the released SAM2-OCT semantic decoder"
+            f"DCE decoder variant, not the released SAM2-OCT semantic decoder", option="checkpoint",
         )
     if any(k.startswith("sam_mask_decoders.") for k in sd):
         raise CheckpointError(
             f"{path}: has sam_mask_decoders.* keys ({_keys(k for k in sd if k.startswith('sam_mask_decoders.'))}): "
-            f"this is the multi-decoder variant, not the released SAM2-OCT single semantic decoder"
+            f"this is the multi-decoder variant, not the released SAM2-OCT single semantic decoder",
+            option="checkpoint",
         )
     if MASK_TOKENS_KEY not in sd:
-        raise CheckpointError(f"{path}: no {MASK_TOKENS_KEY}: not a SAM 2 / SAM2-OCT checkpoint")
+        raise CheckpointError(f"{path}: no {MASK_TOKENS_KEY}: not a SAM 2 / SAM2-OCT checkpoint", option="checkpoint")
     if CLASS_EMBED_KEY not in sd:
         raise CheckpointError(
             f"{path}: a plain SAM 2 checkpoint (no {CLASS_EMBED_KEY}, no semantic head); use a SAM2-OCT "
-            f"checkpoint (python -m sam2oct download nr206|mgu|mgu_prompted)"
+            f"checkpoint (python -m sam2oct download nr206|mgu|mgu_prompted)", option="checkpoint",
         )
     return int(sd[MASK_TOKENS_KEY].shape[0])
 
 
+def packaged_configs() -> list:
+    """Names of the model configs inside the installed sam2 package, e.g.
+    configs/sam2.1/sam2.1_hiera_l.yaml (training configs, which hold no model section, left out)."""
+    root = resources.files("sam2").joinpath("configs")
+    return sorted(
+        f"configs/{folder.name}/{f.name}"
+        for folder in root.iterdir() if folder.is_dir() and not folder.name.endswith("_training")
+        for f in folder.iterdir() if f.name.endswith(".yaml")
+    )
+
+
 def load_config(config=None):
-    """The hydra model config: sam2's SAM 2.1 Hiera Base+ by default, or a YAML file path."""
-    if config is None or str(config) == DEFAULT_CONFIG:
-        text = resources.files("sam2").joinpath(DEFAULT_CONFIG).read_text()
-        name = f"sam2/{DEFAULT_CONFIG}"
+    """The hydra model config: a config packaged with sam2 by name (SAM 2.1 Hiera Base+ by
+    default), or a YAML file path. A packaged name wins over a file of the same relative path."""
+    name = DEFAULT_CONFIG if config is None else str(config)
+    packaged = packaged_configs()
+    if name in packaged:
+        text, source = resources.files("sam2").joinpath(name).read_text(), f"sam2/{name}"
     else:
         path = Path(config)
         if not path.is_file():
-            raise CheckpointError(f"model config file not found: {path} (SAM2_CONFIG)")
-        text, name = path.read_text(), str(path)
+            raise CheckpointError(
+                f"model config file not found: {path}; give a config packaged with sam2 "
+                f"({_keys(packaged, 8)}) or a YAML file path", option="config")
+        text, source = path.read_text(), str(path)
     try:
         cfg = OmegaConf.create(text)
         model_cfg = cfg.model
     except Exception as exc:
-        raise CheckpointError(f"{name}: not a SAM 2 model config: {exc}") from exc
+        raise CheckpointError(f"{source}: not a SAM 2 model config: {exc}", option="config") from exc
     return model_cfg
 
 
@@ -136,17 +154,19 @@ def check_state_dict(model: torch.nn.Module, sd: dict, path="checkpoint") -> Non
     used = {k for k in expected if not k.startswith(_UNUSED_PREFIXES)}
     missing = used - sd.keys()
     if missing:
-        raise CheckpointError(f"{path}: missing {len(missing)} weights the model uses: {_keys(missing)}")
+        raise CheckpointError(f"{path}: missing {len(missing)} weights the model uses: {_keys(missing)}",
+                              option="checkpoint")
     wrong = [f"{k} {tuple(sd[k].shape)} != {tuple(v.shape)}" for k, v in expected.items()
              if k in sd and sd[k].shape != v.shape]
     if wrong:
         raise CheckpointError(
             f"{path}: {len(wrong)} weights have the wrong shape for this config (another SAM 2 size? "
-            f"set SAM2_CONFIG): {_keys(wrong, 5)}"
+            f"choose the model config of that size): {_keys(wrong, 5)}", option="config"
         )
     unknown = sd.keys() - expected.keys()
     if unknown:
-        raise CheckpointError(f"{path}: {len(unknown)} weights this model does not have: {_keys(unknown)}")
+        raise CheckpointError(f"{path}: {len(unknown)} weights this model does not have: {_keys(unknown)}",
+                              option="checkpoint")
 
 
 def sha256_of(path, chunk=1 << 22) -> str:
@@ -171,7 +191,7 @@ def read_checksums(path: Path) -> dict:
     try:
         return json.loads(path.read_text()) if path.is_file() else {}
     except (OSError, json.JSONDecodeError) as exc:
-        raise CheckpointError(f"{path}: unreadable checksum record: {exc}") from exc
+        raise CheckpointError(f"{path}: unreadable checksum record: {exc}", option="checkpoint") from exc
 
 
 def verify_recorded_checksum(path) -> bool:
@@ -188,7 +208,7 @@ def verify_recorded_checksum(path) -> bool:
     if actual != entry["sha256"]:
         raise CheckpointError(
             f"{path}: sha256 {actual} does not match {entry['sha256']} recorded in {record_file} "
-            f"when it was downloaded: the file changed; download it again"
+            f"when it was downloaded: the file changed; download it again", option="checkpoint",
         )
     return True
 

@@ -30,8 +30,8 @@ class DeviceError(ConfigError):
 class RequestError(Sam2OctError):
     """A request the function refuses; ``status`` is the HTTP status to answer with (4xx)."""
 
-    def __init__(self, message: str, status: int = 400):
-        super().__init__(message)
+    def __init__(self, message: str, status: int = 400, *, option: str | None = None):
+        super().__init__(message, option=option)
         self.status = status
 
 

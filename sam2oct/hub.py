@@ -33,6 +33,47 @@ def check_profile_file(path, profile_name: str) -> None:
     check_state_dict(build_model(k), sd, path)
 
 
+def stored_key(profile_name: str) -> str:
+    """Where download() keeps a profile's checkpoint under models_dir (and its checksums.json key)."""
+    return f"{profile_name}/{Path(PROFILES[profile_name].hf_filename).name}"
+
+
+def download_command(profile_name: str = "nr206", models_dir="models") -> str:
+    where = "" if Path(models_dir) == Path("models") else f" --models-dir {models_dir}"
+    return f"python -m sam2oct download {profile_name}{where}"
+
+
+def stored_checkpoints(models_dir="models") -> dict:
+    """{profile: path} of the checkpoints download() stored under models_dir that are there now."""
+    found = {name: Path(models_dir) / stored_key(name) for name in PROFILES}
+    return {name: path for name, path in found.items() if path.is_file()}
+
+
+def stored_checkpoint(models_dir="models", profile: str | None = None) -> tuple:
+    """(path, profile) of the checkpoint to use when none is named: the downloaded one of
+    ``profile`` if given, else the only one downloaded. Otherwise a CheckpointError that says
+    what is there and the command that fetches the missing one (the checksum recorded at
+    download time is checked when the model loads)."""
+    stored = stored_checkpoints(models_dir)
+    folder = f"{Path(models_dir)}/"
+    there = ", ".join(f"{name} ({path})" for name, path in stored.items())
+    if profile:
+        if profile in stored:
+            return stored[profile], profile
+        also = f" (downloaded: {there})" if stored else ""
+        raise CheckpointError(f"no checkpoint given and no {profile} checkpoint in {folder}{also}; "
+                              f"download it with: {download_command(profile, models_dir)}", option="checkpoint")
+    if len(stored) == 1:
+        (name, path), = stored.items()
+        return path, name
+    if not stored:
+        raise CheckpointError(f"no checkpoint given and none downloaded into {folder}; download one with: "
+                              f"{download_command('nr206', models_dir)}   (or mgu, mgu_prompted)", option="checkpoint")
+    # Several: the profile decides (option "profile", so the front door names its own flag for it).
+    raise CheckpointError(f"no checkpoint given and {len(stored)} downloaded into {folder}: {there}; "
+                          f"choose one: {' or '.join(stored)}", option="profile")
+
+
 def download(profile_name: str, models_dir="models", revision: str | None = None, api=None) -> Path:
     """Download one profile's checkpoint into models_dir/<profile>/ and record its digest."""
     from huggingface_hub import HfApi, hf_hub_download
@@ -41,7 +82,7 @@ def download(profile_name: str, models_dir="models", revision: str | None = None
     models_dir = Path(models_dir)
     record_file = models_dir / CHECKSUMS_NAME
     records = read_checksums(record_file)
-    key = f"{profile_name}/{Path(profile.hf_filename).name}"
+    key = stored_key(profile_name)
     api = api or HfApi()
     revision = revision or records.get(key, {}).get("revision") or HF_REVISION
     commit = api.model_info(HF_REPO, revision=revision).sha  # pin: a branch name moves, a commit does not

@@ -6,6 +6,10 @@ booleans break).  Encoders take a full-image 2-D mask (non-zero = set) and
 refuse an empty mask with ``ValueError``: none of these formats can express one,
 so the caller decides what an empty result means.  ``rle_to_mask`` reads what
 a client sends and refuses malformed input with ``RequestError``.
+
+CVAT's stored mask format (run lengths over a box) is written with ``cvat_sdk.masks.encode_mask``
+where cvat-sdk is installed (sam2oct/cvat_function.py); the Nuclio image has no cvat-sdk and
+only reads that format, hence ``rle_to_mask`` here (checked against ``decode_mask`` in the tests).
 """
 
 from __future__ import annotations
@@ -14,7 +18,7 @@ import numpy as np
 
 from sam2oct.errors import RequestError
 
-__all__ = ["to_interactor_crop", "to_detector_mask", "mask_to_rle", "rle_to_mask"]
+__all__ = ["to_interactor_crop", "to_detector_mask", "rle_to_mask"]
 
 
 def to_interactor_crop(mask):
@@ -30,18 +34,6 @@ def to_detector_mask(mask, offset=(0, 0)):
     crop, (x1, y1, x2, y2) = _crop(mask)
     dx, dy = (int(v) for v in offset)
     return (crop.astype(np.uint8) * 255).ravel().tolist() + [x1 + dx, y1 + dy, x2 + dx, y2 + dy]
-
-
-def mask_to_rle(mask):
-    """CVAT's stored mask format (what ``cvat_sdk.masks.encode_mask`` gives): run lengths over the
-    box, row-major, starting with a run of unset pixels (0 if the first is set), then ``[x1, y1, x2, y2]``."""
-    crop, box = _crop(mask)
-    flat = crop.ravel()
-    edges = np.flatnonzero(flat[1:] != flat[:-1]) + 1
-    runs = np.diff(np.concatenate([[0], edges, [flat.size]]))
-    if flat[0]:
-        runs = np.concatenate([[0], runs])
-    return runs.tolist() + box
 
 
 def rle_to_mask(points, height, width):

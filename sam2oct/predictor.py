@@ -9,16 +9,67 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from sam2oct.errors import ConfigError
 from sam2oct.modeling.semantic_sam2 import ImageFeatures, SemanticSAM2
 from sam2oct.preprocessing import FrameGeometry, check_mode, model_input
+
+DEFAULT_CACHE_BYTES = 2 << 30
+# bf16 autocast runs natively from Ampere (compute capability 8.0) on; T4, V100 and Turing
+# emulate it and run it slower than fp32, and CPUs about ten times slower.
+BF16_MIN_CAPABILITY = (8, 0)
+# Full-resolution floats per step when the label map is taken class by class (64 MB): the
+# memory of one step, whatever K and the frame size.
+_STEP_ELEMENTS = 1 << 24
+
+
+def use_bf16(requested: bool | None, device: torch.device) -> bool:
+    """Whether to run under bf16 autocast: as requested, or (None, "auto") only on a CUDA GPU of
+    compute capability 8.0 or newer."""
+    if requested is not None:
+        return bool(requested)
+    if device.type != "cuda":
+        return False
+    return tuple(torch.cuda.get_device_capability(device)) >= BF16_MIN_CAPABILITY
+
+
+def label_dtype(num_classes: int):
+    """The smallest unsigned type that holds class indices 0..K-1."""
+    if num_classes <= 1 << 8:
+        return np.uint8
+    return np.uint16 if num_classes <= 1 << 16 else np.uint32
 
 
 @dataclass
 class Prediction:
-    low_res_logits: torch.Tensor  # [K, h, w] float32 on the CPU, model space
-    ious: np.ndarray  # [K] the model's IoU estimate per class
-    label_map: np.ndarray  # [H, W] uint8 class index per image pixel
-    confidence: np.ndarray  # [H, W] float32 softmax probability of that class
+    label_map: np.ndarray  # [H, W] class index per image pixel (label_dtype(K))
+    ious: np.ndarray  # [K] float32, the model's IoU estimate per class
+    confidence: np.ndarray | None = None  # [H, W] float32 softmax probability of that class (if asked)
+    low_res_logits: torch.Tensor | None = None  # [K, h, w] float32 on the CPU, model space (if asked)
+
+
+@dataclass
+class _Unprompted:
+    """The memoised unprompted decode: what later calls may ask for, or compute from."""
+
+    low_res_logits: torch.Tensor  # [K, h, w] float32 on the CPU
+    ious: np.ndarray
+    label_map: np.ndarray
+    confidence: np.ndarray | None = None
+
+
+def _held_bytes(*objs) -> int:
+    """Bytes of the tensors' storages (each counted once) and numpy arrays given; None is 0."""
+    seen, total = set(), 0
+    for obj in objs:
+        if isinstance(obj, torch.Tensor):
+            storage = obj.untyped_storage()
+            key = (obj.device, storage.data_ptr())
+            if key not in seen:
+                seen.add(key)
+                total += storage.nbytes()
+        elif obj is not None:
+            total += obj.nbytes
+    return total
 
 
 @dataclass
@@ -27,7 +78,16 @@ class EncodedImage:
     geometry: FrameGeometry
     features: ImageFeatures
     # The unprompted prediction depends on the image alone, so it is kept with the features.
-    unprompted: Prediction | None = field(default=None, repr=False)
+    unprompted: _Unprompted | None = field(default=None, repr=False)
+
+    @property
+    def nbytes(self) -> int:
+        """Memory this entry holds: features plus the memoised unprompted prediction."""
+        f, u = self.features, self.unprompted
+        held = [f.image_embed, *f.high_res_feats]
+        if u is not None:
+            held += [u.low_res_logits, u.ious, u.label_map, u.confidence]
+        return _held_bytes(*held)
 
 
 def image_digest(gray: np.ndarray, mode: str) -> str:
@@ -38,56 +98,92 @@ def image_digest(gray: np.ndarray, mode: str) -> str:
 
 
 class FeatureCache:
-    """A thread-safe LRU of EncodedImage by image digest, bounded by entry count."""
+    """A thread-safe LRU of items by key, bounded by the bytes they hold (``item.nbytes``).
 
-    def __init__(self, max_entries: int):
-        if max_entries < 0:
-            raise ValueError("cache size must be >= 0")
-        self.max_entries = max_entries
-        self._items: OrderedDict = OrderedDict()
+    An item larger than the bound on its own is not kept; 0 bytes keeps nothing.
+    """
+
+    def __init__(self, max_bytes: int):
+        if max_bytes < 0:
+            raise ConfigError(f"feature cache size must be 0 (off) or more, got {max_bytes} bytes",
+                              option="cache_mb")
+        self.max_bytes = max_bytes
+        self._items: OrderedDict = OrderedDict()  # key -> (item, bytes counted)
         self._lock = threading.Lock()
+        self.nbytes = 0
         self.hits = 0
         self.misses = 0
 
     def get(self, key):
         with self._lock:
-            item = self._items.get(key)
-            if item is None:
+            entry = self._items.get(key)
+            if entry is None:
                 self.misses += 1
                 return None
             self.hits += 1
             self._items.move_to_end(key)
-            return item
+            return entry[0]
 
     def put(self, key, item) -> None:
         with self._lock:
-            if self.max_entries == 0:
-                return
-            self._items[key] = item
-            self._items.move_to_end(key)
-            while len(self._items) > self.max_entries:
-                self._items.popitem(last=False)
+            self._drop(key)
+            self._store(key, item)
+
+    def recount(self, key, item) -> None:
+        """The item grew (or shrank) since it was put: count it again, evict what no longer fits."""
+        with self._lock:
+            entry = self._items.get(key)
+            if entry is not None and entry[0] is item:
+                self._drop(key)
+                self._store(key, item)
+
+    def _drop(self, key):
+        entry = self._items.pop(key, None)
+        if entry is not None:
+            self.nbytes -= entry[1]
+
+    def _store(self, key, item):
+        size = item.nbytes
+        if size > self.max_bytes:
+            return
+        self._items[key] = (item, size)
+        self.nbytes += size
+        while self.nbytes > self.max_bytes:
+            _, (_, evicted) = self._items.popitem(last=False)
+            self.nbytes -= evicted
 
     def clear(self) -> None:
         with self._lock:
             self._items.clear()
+            self.nbytes = 0
 
     def __len__(self):
         return len(self._items)
 
 
-class SemanticPredictor:
-    """The model plus its preprocessing and feature cache; safe to share between threads."""
+def _read_only(a: np.ndarray | None) -> np.ndarray | None:
+    # Memoised arrays are handed to every caller: one caller must not change another's result.
+    if a is not None:
+        a.flags.writeable = False
+    return a
 
-    def __init__(self, model: SemanticSAM2, preprocess: str = "stretch", cache_size: int = 8,
+
+class SemanticPredictor:
+    """The model plus its preprocessing and feature cache; safe to share between threads.
+
+    ``cache_bytes`` bounds the feature cache (0 disables it); ``bf16`` None picks bf16 autocast
+    where it is faster (see :func:`use_bf16`).
+    """
+
+    def __init__(self, model: SemanticSAM2, preprocess: str = "stretch", cache_bytes: int = DEFAULT_CACHE_BYTES,
                  bf16: bool | None = None):
         self.model = model.eval()
         self.preprocess = check_mode(preprocess)
         self.device = next(model.parameters()).device
-        # bf16 autocast pays off on GPUs; on CPUs it is about ten times slower than fp32.
-        self.bf16 = (self.device.type == "cuda") if bf16 is None else bf16
-        self.cache = FeatureCache(cache_size)
+        self.bf16 = use_bf16(bf16, self.device)
+        self.cache = FeatureCache(cache_bytes)
         self.encoder_calls = 0
+        self.decoder_calls = 0
         self._lock = threading.RLock()  # one forward pass at a time on the one model
 
     @property
@@ -117,44 +213,121 @@ class SemanticPredictor:
             self.cache.put(key, encoded)
         return encoded
 
-    def decode(self, encoded: EncodedImage, points=None, labels=None, box=None, dense_labels=None) -> Prediction:
-        """Prompts in image pixels -> per-class logits and the label map at the image size.
+    def decode(self, encoded: EncodedImage, points=None, labels=None, box=None, dense_labels=None, *,
+               confidence: bool = False, logits: bool = False) -> Prediction:
+        """Prompts in image pixels -> the label map at the image size and per-class IoU estimates.
 
         points [N,2] (x, y) with labels [N] (1 positive, 0 negative); box (x1, y1, x2, y2);
-        dense_labels [H,W] class indices of a painted prompt, -1 where unpainted.
+        dense_labels [H,W] integer class indices of a painted prompt, -1 (or any index outside
+        0..K-1) where unpainted. ``confidence`` adds the softmax probability of each pixel's
+        class, ``logits`` the low-resolution logits; neither is computed unless asked for.
         """
-        unprompted = points is None and box is None and dense_labels is None
-        if unprompted and encoded.unprompted is not None:
-            return encoded.unprompted
         geo = encoded.geometry
         coords, point_labels = self._sparse_prompt(geo, points, labels, box)
+        # Built before taking the model lock: it is image-sized work that needs no model.
+        dense = None if dense_labels is None else self.dense_prompt(geo, dense_labels)
+        if coords is None and dense is None:
+            return self._unprompted(encoded, confidence, logits)
+        low_res, ious = self._run_decoder(encoded, coords, point_labels, dense)
+        label_map, conf = self._label_map(low_res, geo, confidence)
+        return Prediction(label_map, ious, conf, low_res[0].cpu() if logits else None)
+
+    def predict(self, gray: np.ndarray, **kwargs) -> Prediction:
+        """encode + decode; ``kwargs`` are decode's prompts and flags."""
+        return self.decode(self.encode(gray), **kwargs)
+
+    def dense_prompt(self, geo: FrameGeometry, dense_labels) -> torch.Tensor:
+        """[H,W] class indices (-1 unpainted) -> [1,K,m,m] class logits at the model's mask-input size.
+
+        The same as resizing the per-pixel logits of ``class_label_logits`` (painted class ``on``,
+        the other classes ``off``, unpainted 0) to m x m, built without them: the resize is
+        linear, so resized logit_k = on * cov_k + off * (cov_all - cov_k), with cov_k the resized
+        indicator of class k. Only one float [H,W] map exists at a time, never a [K,H,W] one.
+        """
+        labels = np.asarray(dense_labels)
+        if labels.shape != (geo.height, geo.width):
+            raise ValueError(f"dense_labels is {labels.shape}, the image {(geo.height, geo.width)}")
+        if labels.dtype.kind not in "iu":
+            raise ValueError(f"dense_labels must hold integer class indices, got {labels.dtype}")
+        k, m = self.num_classes, self.model.mask_input_size[0]
+        pe = self.model.sam_prompt_encoder
+        with torch.inference_mode():
+            on, off = (float(v) for v in pe.class_label_logits(torch.zeros(1, 1, 1, dtype=torch.long))[0, :2, 0, 0])
+            out = torch.zeros(1, k, m, m)
+            indicator = np.empty(labels.shape, np.float32)
+            coverage = {}
+            for c in _painted_classes(labels, k):
+                np.equal(labels, c, out=indicator, casting="unsafe")
+                coverage[c] = geo.raster_to_model(torch.from_numpy(indicator)[None, None], out_size=m)[0, 0].clone()
+            if coverage:
+                everything = torch.stack(list(coverage.values())).sum(0)
+                out[0] = off * everything
+                for c, cov in coverage.items():
+                    out[0, c] = on * cov + off * (everything - cov)
+        return out
+
+    def _run_decoder(self, encoded: EncodedImage, coords, point_labels, dense):
+        """The mask decoder on the cached features -> (low-res logits [1,K,h,w] float32, ious [K])."""
+        dev = self.device
         with self._lock, torch.inference_mode(), self._autocast():
-            dense = None
-            if dense_labels is not None:
-                if np.shape(dense_labels) != (geo.height, geo.width):
-                    raise ValueError(f"dense_labels is {np.shape(dense_labels)}, the image {(geo.height, geo.width)}")
-                pe = self.model.sam_prompt_encoder
-                lab = torch.as_tensor(np.asarray(dense_labels), dtype=torch.long)[None]
-                logits = pe.class_label_logits(lab)
-                dense = geo.raster_to_model(logits, out_size=self.model.mask_input_size[0]).to(self.device)
+            self.decoder_calls += 1
             low_res, ious = self.model.decode(
                 encoded.features,
-                None if coords is None else coords.to(self.device),
-                None if point_labels is None else point_labels.to(self.device),
-                dense,
+                None if coords is None else coords.to(dev),
+                None if point_labels is None else point_labels.to(dev),
+                None if dense is None else dense.to(dev),
             )
-            low_res = low_res.float()
-            probs = torch.softmax(geo.raster_to_image(low_res), dim=1)[0]
-            confidence, label_map = probs.max(dim=0)
-        prediction = Prediction(
-            low_res_logits=low_res[0].cpu(),
-            ious=ious[0].float().cpu().numpy(),
-            label_map=label_map.to(torch.uint8).cpu().numpy(),
-            confidence=confidence.cpu().numpy(),
-        )
-        if unprompted:
-            encoded.unprompted = prediction
-        return prediction
+        return low_res.float(), ious[0].float().cpu().numpy()
+
+    def _unprompted(self, encoded: EncodedImage, confidence: bool, logits: bool) -> Prediction:
+        # Under the model lock, so that threads asking at once compute the memo once.
+        with self._lock:
+            memo = encoded.unprompted
+            if memo is None:
+                low_res, ious = self._run_decoder(encoded, None, None, None)
+                label_map, conf = self._label_map(low_res, encoded.geometry, confidence)
+                memo = _Unprompted(low_res[0].cpu(), _read_only(ious), _read_only(label_map), _read_only(conf))
+                encoded.unprompted = memo
+                self.cache.recount(encoded.key, encoded)
+            elif confidence and memo.confidence is None:
+                _, conf = self._label_map(memo.low_res_logits[None].to(self.device), encoded.geometry, True)
+                memo.confidence = _read_only(conf)
+                self.cache.recount(encoded.key, encoded)
+        return Prediction(memo.label_map, memo.ious, memo.confidence if confidence else None,
+                          memo.low_res_logits.clone() if logits else None)
+
+    def _label_map(self, low_res: torch.Tensor, geo: FrameGeometry, confidence: bool):
+        """[1,K,h,w] logits -> label map [H,W] (argmax of the bilinearly upsampled logits) and,
+        if asked, the softmax probability of that class; no full-resolution softmax.
+
+        Classes are upsampled a few at a time (``_STEP_ELEMENTS``), keeping a running maximum,
+        its class and, for the confidence, a running sum of exp(logit - maximum).
+        """
+        k = low_res.shape[1]
+        step = max(1, _STEP_ELEMENTS // (geo.height * geo.width))
+        best = best_class = total = None
+        with torch.inference_mode():
+            for c0 in range(0, k, step):
+                up = geo.raster_to_image(low_res[:, c0:c0 + step])[0]
+                if len(up) == 1:  # one class per step (large frames): no index map to build
+                    value = up[0]
+                    cls = torch.full_like(value, c0, dtype=torch.int32) if best is None else c0
+                else:
+                    value, cls = up.max(dim=0)  # ties: the first class, as argmax
+                    cls = cls.to(torch.int32) + c0
+                if best is None:
+                    best, best_class = value, cls
+                    if confidence:
+                        total = torch.exp(up - best).sum(dim=0)
+                    continue
+                top = torch.maximum(best, value)
+                if confidence:
+                    total = total * torch.exp(best - top) + torch.exp(up - top).sum(dim=0)
+                best_class = torch.where(value > best, cls, best_class)  # strictly: ties keep the first
+                best = top
+            label_map = best_class.cpu().numpy().astype(label_dtype(k))
+            conf = None if total is None else total.reciprocal().float().cpu().numpy()
+        return label_map, conf
 
     @staticmethod
     def _sparse_prompt(geo: FrameGeometry, points, labels, box):
@@ -171,5 +344,11 @@ class SemanticPredictor:
         coords = torch.from_numpy(np.concatenate(xy)).float()[None]
         return coords, torch.from_numpy(np.concatenate(lab)).to(torch.int32)[None]
 
-    def predict(self, gray: np.ndarray, **prompts) -> Prediction:
-        return self.decode(self.encode(gray), **prompts)
+
+def _painted_classes(labels: np.ndarray, k: int, rows: int = 256) -> list:
+    """The classes 0..K-1 that occur in labels, found a block of rows at a time (no full-size copy)."""
+    seen = np.zeros(k, bool)
+    for r in range(0, labels.shape[0], rows):
+        block = labels[r:r + rows]
+        seen[np.unique(block[(block >= 0) & (block < k)])] = True
+    return [int(c) for c in np.flatnonzero(seen)]

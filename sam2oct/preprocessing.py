@@ -25,7 +25,8 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 
 def check_mode(mode: str) -> str:
     if mode not in PREPROCESS_MODES:
-        raise ConfigError(f"SAM2OCT_PREPROCESS={mode!r} is not one of {', '.join(PREPROCESS_MODES)}")
+        raise ConfigError(f"preprocessing {mode!r} is not one of {', '.join(PREPROCESS_MODES)}",
+                          option="preprocess")
     return mode
 
 

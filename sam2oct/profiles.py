@@ -37,9 +37,9 @@ _PROFILE_BY_K = {11: "mgu", 9: "nr206"}
 def parse_class_names(text: str) -> tuple:
     names = tuple(n.strip() for n in text.split(","))
     if any(not n for n in names):
-        raise ConfigError(f"SAM2OCT_CLASS_NAMES has an empty name: {text!r}")
+        raise ConfigError(f"class names: one is empty in {text!r}", option="class_names")
     if len(set(names)) != len(names):
-        raise ConfigError(f"SAM2OCT_CLASS_NAMES repeats a name: {text!r}")
+        raise ConfigError(f"class names: {text!r} repeats a name", option="class_names")
     return names
 
 
@@ -48,12 +48,12 @@ def resolve_profile(num_classes: int, name: str | None = None, class_names: str 
     if name:
         key = name.strip().lower()
         if key not in PROFILES:
-            raise ConfigError(f"SAM2OCT_PROFILE={name!r} is not one of {', '.join(PROFILES)}")
+            raise ConfigError(f"profile {name!r} is not one of {', '.join(PROFILES)}", option="profile")
         profile = PROFILES[key]
         if profile.num_classes != num_classes:
             raise ConfigError(
                 f"the checkpoint has {num_classes} classes but profile {profile.name!r} expects "
-                f"{profile.num_classes}: wrong checkpoint for SAM2OCT_PROFILE={name!r}"
+                f"{profile.num_classes}: wrong checkpoint for this profile", option="profile"
             )
     elif num_classes in _PROFILE_BY_K:
         profile = PROFILES[_PROFILE_BY_K[num_classes]]
@@ -62,14 +62,15 @@ def resolve_profile(num_classes: int, name: str | None = None, class_names: str 
         if not class_names:
             raise ConfigError(
                 f"the checkpoint has {num_classes} classes, which matches no released profile; "
-                f"set SAM2OCT_CLASS_NAMES to {num_classes} comma-separated names"
+                f"name its {num_classes} classes (comma-separated, background first)", option="class_names"
             )
         profile = Profile("custom", tuple(f"class_{i}" for i in range(num_classes)), hf_filename="")
     if class_names:
         names = parse_class_names(class_names)
         if len(names) != num_classes:
             raise ConfigError(
-                f"SAM2OCT_CLASS_NAMES has {len(names)} names but the checkpoint has {num_classes} classes"
+                f"{len(names)} class names given but the checkpoint has {num_classes} classes",
+                option="class_names"
             )
         profile = replace(profile, class_names=names)
     return profile

@@ -123,6 +123,21 @@ class Worker:
         return Reply(resp.status_code, json.loads(resp.body, parse_constant=_no_constant))
 
 
+def cache_mb_for(entries: int, frame: bytes, *, detector=False) -> str:
+    """SAM2OCT_CACHE_MB that holds exactly ``entries`` frames the size of ``frame``.
+
+    The cache is bounded in bytes; a frame's entry is its features plus the memoised unprompted
+    prediction (with the detector's confidence map when ``detector``), the same for every frame
+    of one size. Half an entry of slack keeps the bound between ``entries`` and ``entries + 1``.
+    """
+    from sam2oct.images import read_image
+
+    predictor = Worker().model.predictor
+    encoded = predictor.encode(read_image(frame))
+    predictor.decode(encoded, confidence=detector)
+    return repr((entries + 0.5) * encoded.nbytes / (1 << 20))
+
+
 def start_failure(**env) -> tuple[BaseException, RecordingLogger]:
     """Start a worker that must fail in init_context; returns the exception and what it logged."""
     log = RecordingLogger()

@@ -9,7 +9,11 @@ import pytest
 import torch
 from conftest import DATA, TINY_CKPT, TINY_CONFIG
 
-from sam2oct.checkpoint import build_model, load_model, read_state_dict
+from importlib import resources
+
+from omegaconf import OmegaConf
+
+from sam2oct.checkpoint import DEFAULT_CONFIG, build_model, load_config, load_model, packaged_configs, read_state_dict
 from sam2oct.errors import CheckpointError, ConfigError
 from sam2oct.profiles import resolve_profile
 
@@ -50,9 +54,10 @@ def save(tmp_path, obj, name="ckpt.pt") -> Path:
     return path
 
 
-def expect_error(path, *fragments, config=TINY_CONFIG) -> str:
+def expect_error(path, *fragments, config=TINY_CONFIG, option="checkpoint") -> str:
     with pytest.raises(CheckpointError) as info:
         load_model(path, config)
+    assert info.value.option == option
     msg = str(info.value)
     for fragment in (str(path), *fragments):
         assert fragment in msg, f"{fragment!r} not in error message: {msg}"
@@ -184,7 +189,9 @@ def test_wrong_shape(tmp_path, tiny_sd):
     # Class embeddings for 11 classes beside mask tokens for 9.
     k, dim = tiny_sd[CLASS_EMBED].shape
     sd = dict(tiny_sd, **{CLASS_EMBED: torch.zeros(k + 2, dim)})
-    expect_error(save(tmp_path, {"model_state": sd}), CLASS_EMBED, f"({k + 2}, {dim})", f"({k}, {dim})")
+    msg = expect_error(save(tmp_path, {"model_state": sd}), CLASS_EMBED, f"({k + 2}, {dim})", f"({k}, {dim})",
+                       option="config")  # the likely cure: the config of the checkpoint's size
+    assert "model config" in msg
 
 
 def test_foreign_weight(tmp_path, tiny_sd):
@@ -200,17 +207,77 @@ def test_profile_contradicting_class_count(tiny_model):
 
 def test_missing_config_path(tmp_path):
     cfg = tmp_path / "configs" / "sam2.1_hiera_x.yaml"
-    with pytest.raises(CheckpointError, match="sam2.1_hiera_x.yaml"):
-        load_model(TINY_CKPT, cfg)
-    with pytest.raises(CheckpointError, match="sam2.1_hiera_x.yaml"):
-        build_model(9, cfg)
+    for load in (lambda: load_model(TINY_CKPT, cfg), lambda: build_model(9, cfg)):
+        with pytest.raises(CheckpointError) as info:
+            load()
+        assert str(info.value).startswith(f"model config file not found: {cfg}")
+        assert info.value.option == "config"
+
+
+def test_unknown_config_name_lists_the_packaged_ones():
+    with pytest.raises(CheckpointError) as info:
+        load_config("configs/sam2.1/sam2.1_hiera_xl.yaml")
+    msg = str(info.value)
+    assert msg.startswith("model config file not found: configs/sam2.1/sam2.1_hiera_xl.yaml")
+    assert "configs/sam2.1/sam2.1_hiera_l.yaml" in msg and "configs/sam2.1/sam2.1_hiera_t.yaml" in msg
+    assert "file path" in msg and info.value.option == "config"
+    assert "SAM2_CONFIG" not in msg
 
 
 def test_config_without_model_section(tmp_path):
     cfg = tmp_path / "bad.yaml"
     cfg.write_text("trainer:\n  lr: 0.1\n")
-    with pytest.raises(CheckpointError, match="bad.yaml"):
+    with pytest.raises(CheckpointError, match="bad.yaml") as info:
         load_model(TINY_CKPT, cfg)
+    assert info.value.option == "config"
+
+
+# --- model configs packaged with sam2 ---------------------------------------------------------------
+
+SAM2_CONFIGS = resources.files("sam2").joinpath("configs")
+
+
+def packaged_model(name):
+    """The model section of a packaged config, read here with OmegaConf from the package files."""
+    return OmegaConf.load(str(SAM2_CONFIGS.joinpath(name.removeprefix("configs/")))).model
+
+
+def test_packaged_config_names():
+    names = packaged_configs()
+    # Every model config the installed sam2 ships (its training configs hold no model section).
+    on_disk = [f"configs/{d.name}/{f.name}" for d in SAM2_CONFIGS.iterdir() if d.is_dir()
+               for f in d.iterdir() if f.name.endswith(".yaml") and "model" in OmegaConf.load(str(f))]
+    assert sorted(on_disk) == names and DEFAULT_CONFIG in names
+    assert {f"configs/sam2.1/sam2.1_hiera_{s}.yaml" for s in ("t", "s", "b+", "l")} <= set(names)
+
+
+@pytest.mark.parametrize("name", ["configs/sam2.1/sam2.1_hiera_l.yaml", "configs/sam2.1/sam2.1_hiera_t.yaml",
+                                  "configs/sam2/sam2_hiera_s.yaml", DEFAULT_CONFIG])
+def test_packaged_config_by_name(name):
+    cfg = load_config(name)
+    want = packaged_model(name)
+    assert cfg.image_encoder.trunk == want.image_encoder.trunk
+    assert OmegaConf.to_container(cfg) == OmegaConf.to_container(want)
+
+
+def test_default_config_is_hiera_base_plus():
+    assert OmegaConf.to_container(load_config()) == OmegaConf.to_container(packaged_model(DEFAULT_CONFIG))
+    assert load_config().image_encoder.trunk.embed_dim == 112  # Hiera B+
+
+
+def test_model_builds_from_another_packaged_size():
+    model = build_model(9, "configs/sam2.1/sam2.1_hiera_t.yaml")
+    trunk = packaged_model("configs/sam2.1/sam2.1_hiera_t.yaml").image_encoder.trunk
+    assert model.image_encoder.trunk.patch_embed.proj.out_channels == trunk.embed_dim == 96
+    assert len(model.image_encoder.trunk.blocks) == sum(trunk.stages)
+    assert model.num_classes == 9
+
+
+def test_a_file_path_still_works(tmp_path):
+    cfg = tmp_path / "my_model.yaml"
+    cfg.write_text(TINY_CONFIG.read_text())
+    assert load_config(cfg).image_encoder.trunk.embed_dim == 8
+    assert load_config(str(cfg)) == load_config(TINY_CONFIG)
 
 
 # --- accepted layouts all give the same model -----------------------------------------------------

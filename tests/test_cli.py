@@ -1,12 +1,16 @@
 """The command line: `python -m sam2oct segment | convert | download`, with the tiny K=9 fixture.
 
 segment and a failing segment run through the real entry point in a subprocess; the rest calls
-sam2oct.cli.main in-process (same parser, no interpreter start-up)."""
+sam2oct.cli.main in-process (same parser, no interpreter start-up). Every user error must end in
+one line `error: ...`, exit status 2, found before the model loads (`no_model` fails the test if
+it is loaded), in the command line's names (never a Nuclio environment variable's)."""
 
 import json
 import os
+import shutil
 import subprocess
 import sys
+from dataclasses import fields
 from pathlib import Path
 
 import numpy as np
@@ -14,21 +18,45 @@ import pytest
 import torch
 from PIL import Image
 
+import sam2oct.checkpoint
 import sam2oct.hub
+import sam2oct.pipeline
 from conftest import ROOT, TINY_CKPT, TINY_CONFIG
 from sam2oct import cli
-from sam2oct.checkpoint import load_model
+from sam2oct.checkpoint import build_model, load_model
+from sam2oct.errors import CheckpointError
+from sam2oct.hub import stored_checkpoint, stored_key
+from sam2oct.pipeline import OPTION_HELP, PipelineOptions
+from sam2oct.polygons import label_map_to_shapes
 from sam2oct.predictor import SemanticPredictor
 
 NR206 = ["background", "NFL", "GCL+IPL", "INL", "OPL", "ONL", "ELM+IS", "OS", "RPE"]
 SYNTH = ROOT / "tests" / "data" / "bscan_768x496_s1.png"
 SPECTRALIS = ROOT / "tests" / "data" / "spectralis" / "Willis_B_716_0_bscan_u8.png"
+TINY = ["--checkpoint", str(TINY_CKPT), "--config", str(TINY_CONFIG)]
 
 
-def run_cli(*args):
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+def run_cli(*args, **env):
+    env = {**{k: v for k, v in os.environ.items() if k != "SAM2_CHECKPOINT"}, "PYTHONPATH": str(ROOT), **env}
     return subprocess.run([sys.executable, "-m", "sam2oct", *map(str, args)], cwd=ROOT, env=env,
                           capture_output=True, text=True, timeout=300)
+
+
+@pytest.fixture(autouse=True)
+def no_checkpoint_in_env(monkeypatch):
+    monkeypatch.delenv("SAM2_CHECKPOINT", raising=False)
+
+
+@pytest.fixture
+def no_model(monkeypatch):
+    """Fail the test if the model is built or loaded: the error had to be found before."""
+    def refuse(*args, **kw):
+        raise AssertionError("the model was loaded before the error was found")
+
+    for module in (sam2oct.checkpoint, sam2oct.pipeline):
+        monkeypatch.setattr(module, "load_model", refuse)
+    monkeypatch.setattr(sam2oct.checkpoint, "build_model", refuse)
+    monkeypatch.setattr(sam2oct.pipeline.Pipeline, "__init__", refuse)
 
 
 @pytest.fixture(scope="module")
@@ -42,13 +70,29 @@ def small_scans(tmp_path_factory):
     return paths
 
 
+def one_line_error(capsys, argv, *words, env_names_ok=False) -> str:
+    """main(argv) must exit 2 with one line `error: ...` holding every word, and nothing on stdout."""
+    code = cli.main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    assert code == 2, err
+    assert err.startswith("error: ") and err.endswith("\n") and err.count("\n") == 1, err
+    for word in words:
+        assert str(word) in err, err
+    assert "Traceback" not in err and out == ""
+    if not env_names_ok:
+        assert "SAM2OCT_" not in err and "SAM2_" not in err, err
+    return err
+
+
+# --- segment: results ---------------------------------------------------------------------------
+
 def test_segment_writes_json_and_overlay(small_scans, tmp_path):
     image = small_scans[0]
     out_json, out_png = tmp_path / "out.json", tmp_path / "out.png"
-    proc = run_cli("segment", image, "--checkpoint", TINY_CKPT, "--config", TINY_CONFIG,
-                   "--json", out_json, "--overlay", out_png)
+    proc = run_cli("segment", image, *TINY, "--json", out_json, "--overlay", out_png)
     assert proc.returncode == 0, proc.stderr
     doc = json.loads(out_json.read_text())
+    assert list(doc) == ["image", "width", "height", "profile", "classes", "ious", "shapes"]
     assert (doc["width"], doc["height"]) == (160, 100)
     assert doc["image"] == str(image) and doc["profile"] == "nr206" and doc["classes"] == NR206
     assert set(doc["ious"]) == set(NR206) and all(isinstance(v, float) for v in doc["ious"].values())
@@ -68,18 +112,24 @@ def test_segment_writes_json_and_overlay(small_scans, tmp_path):
     assert np.corrcoef(rgb.mean(axis=2).ravel(), grey.ravel())[0, 1] > 0.5
 
 
-def test_segment_bad_checkpoint_exits_2_with_a_message(small_scans, tmp_path):
-    missing = tmp_path / "nowhere" / "model.pt"
-    proc = run_cli("segment", small_scans[0], "--checkpoint", missing, "--config", TINY_CONFIG)
-    assert proc.returncode == 2
-    assert proc.stderr.startswith("error: ") and str(missing) in proc.stderr and "not found" in proc.stderr
-    assert "Traceback" not in proc.stderr and proc.stdout == ""
+def test_segment_shapes_follow_the_pipeline_defaults(small_scans, capsys):
+    """No --simplify/--min-area: the polygons are those of PipelineOptions' defaults (one place)."""
+    image = small_scans[1]
+    assert cli.main(["segment", str(image), *TINY]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    gray = np.asarray(Image.open(image).convert("L"), dtype=np.float32) / 255
+    label_map = SemanticPredictor(load_model(TINY_CKPT, TINY_CONFIG)).predict(gray).label_map
+    defaults = PipelineOptions()
+    expected = label_map_to_shapes(label_map, NR206, tolerance=defaults.simplify, min_area=defaults.min_area)
+    assert doc["shapes"] == json.loads(json.dumps(expected))
+    exact = label_map_to_shapes(label_map, NR206, tolerance=0, min_area=0)
+    assert cli.main(["segment", str(image), *TINY, "--simplify", "0", "--min-area", "0"]) == 0
+    assert json.loads(capsys.readouterr().out)["shapes"] == json.loads(json.dumps(exact))
 
 
 def test_segment_several_images_to_stdout_and_a_folder(small_scans, tmp_path, capsys):
     folder = tmp_path / "overlays"
-    code = cli.main(["segment", *map(str, small_scans), "--checkpoint", str(TINY_CKPT),
-                     "--config", str(TINY_CONFIG), "--overlay", str(folder), "--simplify", "0"])
+    code = cli.main(["segment", *map(str, small_scans), *TINY, "--overlay", str(folder), "--simplify", "0"])
     assert code == 0
     docs = json.loads(capsys.readouterr().out)
     assert [d["image"] for d in docs] == [str(p) for p in small_scans]
@@ -92,27 +142,211 @@ def test_segment_several_images_to_stdout_and_a_folder(small_scans, tmp_path, ca
         assert np.array_equal(xy, np.round(xy))
 
 
-def test_segment_class_names_and_profile_options(small_scans, tmp_path, capsys):
+def test_one_image_overlay_into_an_existing_folder(small_scans, tmp_path, capsys):
+    assert cli.main(["segment", str(small_scans[0]), *TINY, "--overlay", str(tmp_path)]) == 0
+    assert Image.open(tmp_path / f"{small_scans[0].stem}.png").size == (160, 100)
+
+
+def test_segment_class_names_label_style_and_threads(small_scans, tmp_path, capsys):
     names = "bg,a,b,c,d,e,f,g,h"
-    assert cli.main(["segment", str(small_scans[1]), "--checkpoint", str(TINY_CKPT), "--config",
-                     str(TINY_CONFIG), "--class-names", names, "--json", str(tmp_path / "o.json")]) == 0
-    capsys.readouterr()
+    assert cli.main(["segment", str(small_scans[1]), *TINY, "--class-names", names,
+                     "--json", str(tmp_path / "o.json")]) == 0
     doc = json.loads((tmp_path / "o.json").read_text())
     assert doc["classes"] == names.split(",")
     assert {s["label"] for s in doc["shapes"]} <= set("abcdefgh")
-    # a profile that contradicts the checkpoint: exit 2, said plainly
-    code = cli.main(["segment", str(small_scans[1]), "--checkpoint", str(TINY_CKPT), "--config",
-                     str(TINY_CONFIG), "--profile", "mgu"])
-    err = capsys.readouterr().err
-    assert code == 2 and err.startswith("error: ") and "mgu" in err and "9 classes" in err
+
+    threads = torch.get_num_threads()
+    try:
+        assert cli.main(["segment", str(small_scans[1]), *TINY, "--label-style", "index", "--threads", "1"]) == 0
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(threads)
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["classes"] == [f"OCT_Object_{k}" for k in range(9)]
+    assert {s["label"] for s in doc["shapes"]} <= set(doc["classes"][1:]) and doc["shapes"]
 
 
-def test_segment_refuses_a_file_that_is_no_image(tmp_path, capsys):
-    junk = tmp_path / "scan.png"
+def test_pipeline_warnings_name_the_flag(small_scans, tmp_path, capsys):
+    # an 11-class checkpoint without --profile runs as mgu, and says how to make it mgu_prompted
+    torch.manual_seed(0)
+    k11 = tmp_path / "k11.pt"
+    torch.save({"model_state": build_model(11, TINY_CONFIG).state_dict()}, k11)
+    assert cli.main(["segment", str(small_scans[1]), "--checkpoint", str(k11), "--config", str(TINY_CONFIG)]) == 0
+    out, err = capsys.readouterr()
+    assert json.loads(out)["profile"] == "mgu"
+    warning = next(line for line in err.splitlines() if line.startswith("warning: "))
+    assert warning.startswith("warning: --profile: ") and "mgu_prompted" in warning and "SAM2OCT_" not in warning
+
+
+# --- segment: every user error in one line, before the model loads --------------------------------
+
+@pytest.mark.parametrize("flags, words", [
+    (["--device", "cuda"], ["--device: ", "CUDA is not available"]),
+    (["--device", "cuda:3"], ["--device: ", "CUDA is not available"]),
+    (["--device", "tpu"], ["--device: ", "'tpu'"]),
+    (["--simplify", "-1"], ["--simplify: ", "-1", "outside"]),
+    (["--simplify", "nan"], ["--simplify: ", "outside"]),
+    (["--min-area", "-5"], ["--min-area: ", "outside"]),
+    (["--max-pixels", "0"], ["--max-pixels: ", "outside"]),
+    (["--threads", "-2"], ["--threads: ", "outside"]),
+    (["--profile", "mgu"], ["--profile: ", "9 classes", "11"]),
+    (["--profile", "mgu_prompted"], ["--profile: ", "mgu_prompted", "9 classes"]),
+    (["--class-names", "a,,b"], ["--class-names: ", "empty"]),
+    (["--class-names", "a,b,a,c,d,e,f,g,h"], ["--class-names: ", "repeats"]),
+    (["--class-names", "a,b,c"], ["--class-names: ", "3 ", "names", "9 classes"]),
+    (["--config", "{tmp}/missing.yaml"], ["--config: ", "{tmp}/missing.yaml", "not found"]),
+    (["--checkpoint", "{tmp}/nowhere.pt"], ["--checkpoint: ", "{tmp}/nowhere.pt", "not found",
+                                            "python -m sam2oct download"]),
+    (["--checkpoint", "{tmp}/garbage.pt"], ["--checkpoint: ", "{tmp}/garbage.pt", "python -m sam2oct download"]),
+    (["--json", "{tmp}/afile/out.json"], ["--json: ", "{tmp}/afile is a file"]),
+    (["--json", "{tmp}"], ["--json: ", "is a folder"]),
+    (["--overlay", "{tmp}/out.xyz"], ["--overlay: ", "'.xyz'", ".png"]),
+    (["--overlay", "{tmp}/afile/sub/out.png"], ["--overlay: ", "{tmp}/afile is a file"]),
+])
+def test_bad_flags_fail_early_in_one_line(flags, words, small_scans, tmp_path, capsys, monkeypatch, no_model):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # the same on a GPU host
+    (tmp_path / "garbage.pt").write_bytes(b"this is not a checkpoint\n" * 10)
+    (tmp_path / "afile").write_text("a file, not a folder")
+    flags = [f.format(tmp=tmp_path) for f in flags]
+    one_line_error(capsys, ["segment", small_scans[0], *TINY, *flags], *(w.format(tmp=tmp_path) for w in words))
+    assert not (tmp_path / "out.json").exists()
+
+
+def test_every_image_is_checked_before_the_model_loads(small_scans, tmp_path, capsys, no_model):
+    good = small_scans[0]
+    missing = tmp_path / "scan_missing.png"
+    junk = tmp_path / "scan_junk.png"
     junk.write_bytes(b"not a png")
-    code = cli.main(["segment", str(junk), "--checkpoint", str(TINY_CKPT), "--config", str(TINY_CONFIG)])
-    assert code == 2 and "not a decodable image" in capsys.readouterr().err
+    one_line_error(capsys, ["segment", good, missing, *TINY], missing, "no such file")
+    # an undecodable image names the file
+    one_line_error(capsys, ["segment", good, junk, *TINY], junk, "not a decodable image")
+    one_line_error(capsys, ["segment", tmp_path, *TINY], tmp_path, "folder")
+    err = one_line_error(capsys, ["segment", junk, good, missing, tmp_path, *TINY], "3 of 4 images", junk, missing)
+    assert str(good) not in err
+    # too many pixels: the flag that allows more is named (images.py's own wording may change)
+    one_line_error(capsys, ["segment", good, *TINY, "--max-pixels", "100"], "--max-pixels: ", good, "16000",
+                   env_names_ok=True)
 
+
+def test_overlay_destinations_for_several_images(small_scans, tmp_path, capsys, no_model):
+    afile = tmp_path / "overlay.png"
+    afile.write_bytes(b"")
+    one_line_error(capsys, ["segment", *small_scans, *TINY, "--overlay", afile], "--overlay: ", "is a file",
+                   "folder")
+    twin = tmp_path / "twin"
+    twin.mkdir()
+    shutil.copy(small_scans[0], twin / small_scans[1].name)
+    one_line_error(capsys, ["segment", small_scans[1], twin / small_scans[1].name, *TINY, "--overlay", tmp_path / "o"],
+                   "--overlay: ", repr(small_scans[1].stem), "overwrite")
+
+
+def test_a_user_error_is_one_line_through_the_entry_point(small_scans, tmp_path):
+    proc = run_cli("segment", small_scans[0], tmp_path / "nowhere.png", *TINY)
+    assert proc.returncode == 2 and proc.stdout == ""
+    assert proc.stderr == f"error: {tmp_path / 'nowhere.png'}: no such file\n"
+
+
+# --- segment: the checkpoint when none is named ----------------------------------------------------
+
+def store(models: Path, profile: str, source=TINY_CKPT) -> Path:
+    path = models / stored_key(profile)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copy(source, path)
+    return path
+
+
+def test_stored_checkpoint_lookup(tmp_path):
+    models = tmp_path / "models"
+    with pytest.raises(CheckpointError) as none:
+        stored_checkpoint(models)
+    assert none.value.option == "checkpoint"
+    assert f"python -m sam2oct download nr206 --models-dir {models}" in str(none.value)
+
+    nr206 = store(models, "nr206")
+    assert stored_checkpoint(models) == (nr206, "nr206")
+    assert stored_checkpoint(models, "nr206") == (nr206, "nr206")
+    with pytest.raises(CheckpointError) as other:
+        stored_checkpoint(models, "mgu")  # only another profile's is there: fetch this one
+    assert f"python -m sam2oct download mgu --models-dir {models}" in str(other.value) and str(nr206) in str(other.value)
+
+    mgu = store(models, "mgu")
+    with pytest.raises(CheckpointError) as several:
+        stored_checkpoint(models)
+    assert several.value.option == "profile"  # the front door names its profile setting
+    assert str(nr206) in str(several.value) and str(mgu) in str(several.value)
+    assert stored_checkpoint(models, "mgu") == (mgu, "mgu")
+    nr206.unlink()  # recorded once, gone now: not offered
+    assert stored_checkpoint(models) == (mgu, "mgu")
+
+
+def test_segment_finds_the_downloaded_checkpoint(small_scans, tmp_path, capsys):
+    models = tmp_path / "models"
+    path = store(models, "nr206")
+    argv = ["segment", str(small_scans[1]), "--config", str(TINY_CONFIG), "--models-dir", str(models)]
+    assert cli.main(argv) == 0
+    out, err = capsys.readouterr()
+    assert json.loads(out)["profile"] == "nr206" and f"using checkpoint {path}" in err
+
+    store(models, "mgu_prompted")  # two now: --profile chooses
+    assert cli.main(argv + ["--profile", "nr206"]) == 0
+    assert json.loads(capsys.readouterr().out)["profile"] == "nr206"
+
+
+def test_segment_takes_the_checkpoint_from_the_environment(small_scans, tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("SAM2_CHECKPOINT", str(TINY_CKPT))
+    assert cli.main(["segment", str(small_scans[1]), "--config", str(TINY_CONFIG),
+                     "--models-dir", str(tmp_path)]) == 0
+    assert json.loads(capsys.readouterr().out)["profile"] == "nr206"
+    # a bad one is named by where it came from
+    monkeypatch.setenv("SAM2_CHECKPOINT", str(tmp_path / "gone.pt"))
+    code = cli.main(["segment", str(small_scans[1]), "--config", str(TINY_CONFIG)])
+    err = capsys.readouterr().err.splitlines()[-1]
+    assert code == 2 and err.startswith("error: SAM2_CHECKPOINT: ") and "gone.pt" in err
+
+
+def test_segment_without_any_checkpoint_says_the_download_command(small_scans, tmp_path, capsys, no_model):
+    one_line_error(capsys, ["segment", small_scans[0], "--models-dir", tmp_path / "models"],
+                   "--checkpoint: ", f"python -m sam2oct download nr206 --models-dir {tmp_path / 'models'}")
+    one_line_error(capsys, ["segment", small_scans[0], "--models-dir", tmp_path / "models", "--profile", "mgu"],
+                   f"python -m sam2oct download mgu --models-dir {tmp_path / 'models'}")
+    store(tmp_path / "models", "nr206")
+    store(tmp_path / "models", "mgu")
+    one_line_error(capsys, ["segment", small_scans[0], "--models-dir", tmp_path / "models"],
+                   "--profile: ", "nr206", "mgu", "choose one")
+
+
+# --- flags: one source of defaults and help ------------------------------------------------------
+
+def test_flags_take_default_and_help_from_the_pipeline():
+    parser = cli.build_parser()
+    segment = parser._subparsers._group_actions[0].choices["segment"]
+    actions = {a.dest: a for a in segment._actions}
+    defaults = {f.name: f.default for f in fields(PipelineOptions)}
+    for option in cli.SEGMENT_OPTIONS:
+        action = actions[option]
+        assert action.option_strings == [cli.OPTION_FLAGS[option]]
+        assert action.default == defaults[option], option
+        assert action.help.startswith(OPTION_HELP[option]), option
+    assert set(cli.OPTION_FLAGS) <= set(PipelineOptions.names())
+    assert segment.parse_args(["x.png"]).min_area == PipelineOptions().min_area
+
+
+def test_options_from_args_is_reusable(monkeypatch, tmp_path):
+    """What other subcommands build on: the model flags and their checked options."""
+    import argparse
+
+    parser = argparse.ArgumentParser()
+    cli.add_option_flags(parser, cli.MODEL_OPTIONS, preprocess={"choices": ["stretch", "pad-equalize", "both"]})
+    args = parser.parse_args(["--checkpoint", "m.pt", "--profile", "NR206", "--preprocess", "both"])
+    options = cli.options_from_args(args, preprocess="")
+    assert (options.checkpoint, options.profile, options.preprocess, options.device) == ("m.pt", "nr206", "", "auto")
+    args = parser.parse_args(["--models-dir", str(tmp_path)])
+    store(tmp_path, "mgu_prompted")
+    options = cli.options_from_args(args)  # the stored checkpoint brings its profile
+    assert (options.checkpoint, options.profile) == (str(tmp_path / stored_key("mgu_prompted")), "mgu_prompted")
+
+
+# --- download, convert, usage ------------------------------------------------------------------
 
 def test_convert_writes_a_slim_copy_that_loads_the_same(tmp_path, capsys):
     # a training checkpoint as trainers write it: weights plus Adam moments and bookkeeping
@@ -137,17 +371,18 @@ def test_convert_writes_a_slim_copy_that_loads_the_same(tmp_path, capsys):
     assert all(torch.equal(saved["model_state"][k], weights[k]) for k in weights)
 
     gray = np.asarray(Image.open(SYNTH).resize((96, 62)), dtype=np.float32) / 255
-    a = SemanticPredictor(load_model(TINY_CKPT, TINY_CONFIG)).predict(gray)
-    b = SemanticPredictor(load_model(out, TINY_CONFIG)).predict(gray)
+    a = SemanticPredictor(load_model(TINY_CKPT, TINY_CONFIG)).predict(gray, logits=True)
+    b = SemanticPredictor(load_model(out, TINY_CONFIG)).predict(gray, logits=True)
     assert torch.equal(a.low_res_logits, b.low_res_logits) and np.array_equal(a.label_map, b.label_map)
 
 
 def test_convert_refuses_a_bad_source(tmp_path, capsys):
     bad = tmp_path / "bad.pt"
     torch.save({"model_state": {"just.one": torch.zeros(2)}}, bad)
-    code = cli.main(["convert", str(bad), str(tmp_path / "out.pt"), "--config", str(TINY_CONFIG)])
-    assert code == 2 and str(bad) in capsys.readouterr().err
+    one_line_error(capsys, ["convert", bad, tmp_path / "out.pt", "--config", TINY_CONFIG], bad)
     assert not (tmp_path / "out.pt").exists()
+    one_line_error(capsys, ["convert", TINY_CKPT, tmp_path / "out.pt", "--config", tmp_path / "no.yaml"],
+                   "--config: ", "not found")
 
 
 def test_download_arguments_reach_the_hub_module(monkeypatch, tmp_path, capsys):
@@ -163,23 +398,25 @@ def test_download_arguments_reach_the_hub_module(monkeypatch, tmp_path, capsys):
     assert calls == [("nr206", str(tmp_path), None), ("mgu_prompted", "models", "abc123")]
     out = capsys.readouterr().out
     assert f"export SAM2_CHECKPOINT={(tmp_path / 'nr206' / 'weights.pt').resolve()}" in out
+    assert "python -m sam2oct segment IMAGE" in out
 
 
 @pytest.mark.parametrize("argv, words", [
     (["download", "nr207"], ["invalid choice", "nr207"]),
     (["download"], ["profile"]),
-    (["segment", "scan.png"], ["--checkpoint"]),
     (["segment", "--checkpoint", "x.pt"], ["IMAGE"]),
-    (["segment", "scan.png", "--checkpoint", "x.pt", "--preprocess", "sharpen"], ["invalid choice"]),
+    (["segment", "scan.png", "--checkpoint", "x.pt", "--preprocess", "sharpen"], ["--preprocess: invalid choice"]),
+    (["segment", "scan.png", "--min-area", "2.5"], ["--min-area: ", "2.5"]),
+    (["segment", "scan.png", "--profile", "nr207"], ["--profile: ", "nr207"]),
     (["convert", "in.pt"], ["dst"]),
     (["frobnicate"], ["invalid choice"]),
     ([], ["command"]),
 ])
-def test_bad_arguments_exit_2(argv, words, capsys):
+def test_bad_arguments_exit_2_in_one_line(argv, words, capsys):
     with pytest.raises(SystemExit) as exit_:
         cli.main(argv)
     assert exit_.value.code == 2
     err = capsys.readouterr().err
-    assert err.startswith("usage: python -m sam2oct")
+    assert err.startswith("error: ") and err.count("\n") == 1 and "--help" in err, err
     for word in words:
         assert word in err

@@ -1,21 +1,37 @@
-"""Static checks of the deployment files (no Docker, no nuctl): the four Nuclio function yamls,
-the Dockerfile for air-gapped sites, the CVAT compose drop-in, and the README's env table.
+"""Static checks of the deployment files (no Docker, no nuctl): the four Nuclio function yamls
+and their Kubernetes variants, the Dockerfile for air-gapped sites, the CVAT compose drop-in,
+scripts/setup.sh and the dependency lists, the README's env table and deploy commands, and the
+documents that quote them (docs/deploy.md, docs/scale-out.md).
 
-What is checked comes from how CVAT and Nuclio read these files (docs in shared/spec/cvat-nuclio.md):
-CVAT reads the annotations as strings and parses booleans with bool(str); interactors need
-version 2; a function without spec.description breaks CVAT's whole function list; the runtime must
-be the Python of the base image; Nuclio installs its own nuclio-sdk; Nuclio builds whenever
-spec.build.image is set, even with --run-image.
+What is checked comes from how CVAT and Nuclio read these files (listed in docs/deploy.md, "What
+CVAT and Nuclio require of these files"): CVAT reads the annotations as strings and parses
+booleans with bool(str); an interactor below version 2 gets a warning; a function without
+spec.description breaks CVAT's whole function list; the runtime must be the Python of the base
+image; Nuclio installs its own nuclio-sdk; Nuclio builds whenever spec.build.image is set, even
+with --run-image; Docker honours a restart count only with on-failure.
 """
 
+import ast
+import http.server
+import inspect
+import io
 import json
 import re
 import shlex
+import socket
+import subprocess
+import sys
+import threading
+import tokenize
+import tomllib
 from functools import lru_cache
 from pathlib import Path, PurePosixPath
 
 import pytest
 import yaml
+from packaging.requirements import Requirement
+from packaging.utils import canonicalize_name
+from packaging.version import Version
 
 from sam2oct.profiles import PROFILES, parse_class_names
 from sam2oct.settings import ENV_VARS
@@ -28,6 +44,13 @@ GPU_FILES = [f for f in FUNCTION_FILES if f.endswith("-gpu.yaml")]
 CPU_FILES = [f for f in FUNCTION_FILES if f not in GPU_FILES]
 # (interactor, detector) built from the same recipe
 TWINS = [("function.yaml", "detector/function.yaml"), ("function-gpu.yaml", "detector/function-gpu.yaml")]
+# Kubernetes variants (deploy/k8s/) -> the Docker-platform file each is derived from
+K8S_FILES = {"deploy/k8s/function-gpu.yaml": "function-gpu.yaml",
+             "deploy/k8s/detector-gpu.yaml": "detector/function-gpu.yaml"}
+K8S_ADDED = {"minReplicas", "maxReplicas", "targetCPU"}  # spec fields only the cluster files set
+K8S_REPLACED = {"resources", "volumes", "platform"}  # spec fields they set differently
+K8S_PVC = "deploy/k8s/models-pvc.yaml"
+K8S_COPY_POD = "deploy/k8s/models-copy-pod.yaml"
 DOCKERFILE = ROOT / "Dockerfile"
 DOCKERFILE_TWIN = "function-gpu.yaml"  # the yaml whose image the Dockerfile rebuilds
 COMPOSE = ROOT / "docker-compose.override.yml"
@@ -96,8 +119,9 @@ def expected_detector_labels(env) -> list:
 # --- pip commands -----------------------------------------------------------------------------
 
 _PIP_OPTS_WITH_VALUE = {"-c", "--constraint", "-r", "--requirement", "-i", "--index-url",
-                        "--extra-index-url", "-f", "--find-links"}
-_PIP_FLAGS = {"--no-cache-dir", "--no-build-isolation", "--no-index", "-q", "--quiet"}
+                        "--extra-index-url", "-f", "--find-links", "-e", "--editable"}
+_PIP_FLAGS = {"--no-cache-dir", "--no-build-isolation", "--no-index", "-q", "--quiet", "--no-deps",
+              "-U", "--upgrade"}
 
 
 def pip_installs(command: str) -> list:
@@ -223,7 +247,7 @@ def test_annotations(rel):
     for key, value in ann.items():
         assert isinstance(value, str), f"{rel}: annotation {key} is {type(value).__name__}; CVAT reads strings"
     assert ann["framework"] == "pytorch"
-    assert int(ann["version"]) >= 2, "interactors need version 2 or CVAT's UI disables them"
+    assert int(ann["version"]) >= 2, "below version 2 CVAT's UI warns 'Interactor API is outdated'"
     assert ann["help_message"].strip()
     for flag in BOOLEAN_FLAGS:  # bool("false") is True in CVAT: a flag is off only when absent
         if flag in ann:
@@ -293,11 +317,37 @@ def test_http_trigger(rel):
         assert body >= 4 * -(-max_bytes // 3) + 64 * 1024
 
 
+def restart_policy_problems(attrs: dict) -> list:
+    """What is wrong with a function's Docker restart policy. Docker honours maximumRetryCount
+    only with on-failure (with `always` it restarts for ever, and every start of a function
+    with a bad checkpoint hashes 880 MB again), so a start that keeps failing must stop."""
+    policy = attrs.get("restartPolicy") or {}
+    problems = []
+    if policy.get("name") != "on-failure":
+        problems.append(f"restartPolicy {policy.get('name')!r}: only on-failure honours maximumRetryCount")
+    count = policy.get("maximumRetryCount")
+    if not (isinstance(count, int) and 1 <= count <= 5):
+        problems.append(f"maximumRetryCount {count!r}: give a small positive count")
+    return problems
+
+
+def test_restart_policy_check_refuses_a_crash_loop():
+    assert restart_policy_problems({"restartPolicy": {"name": "always", "maximumRetryCount": 3}})
+    assert restart_policy_problems({"restartPolicy": {"name": "unless-stopped"}})
+    assert restart_policy_problems({"restartPolicy": {"name": "on-failure"}})
+    assert restart_policy_problems({})
+    assert restart_policy_problems({"restartPolicy": {"name": "on-failure", "maximumRetryCount": 3}}) == []
+
+
 @pytest.mark.parametrize("rel", FUNCTION_FILES)
 def test_platform_attributes(rel):
     attrs = load(rel)["spec"]["platform"]["attributes"]
-    assert attrs["restartPolicy"] == {"name": "always", "maximumRetryCount": 3}
+    assert restart_policy_problems(attrs) == []
     assert attrs["mountMode"] == "volume"
+    # docs/deploy.md's table states the policy the files set
+    name = attrs["restartPolicy"]["name"]
+    assert f"`restartPolicy: {name}` ({attrs['restartPolicy']['maximumRetryCount']} retries)" in \
+        (ROOT / "docs/deploy.md").read_text()
 
 
 @pytest.mark.parametrize("rel", FUNCTION_FILES)
@@ -325,23 +375,33 @@ def test_env(rel):
     assert env["SAM2OCT_PROFILE"] in PROFILES
 
 
-@pytest.mark.parametrize("rel", FUNCTION_FILES)
+def checkpoint_volume(rel: str) -> tuple:
+    """(volume entry, mount path) of the volume that holds SAM2_CHECKPOINT."""
+    cfg = load(rel)
+    ckpt = PurePosixPath(env_of(cfg)["SAM2_CHECKPOINT"])
+    assert ckpt.is_absolute()
+    for v in cfg["spec"]["volumes"]:
+        assert v["volume"]["name"] == v["volumeMount"]["name"]
+        mount = PurePosixPath(v["volumeMount"]["mountPath"])
+        if mount in ckpt.parents:
+            return v, mount
+    raise AssertionError(f"{rel}: no volume holds {ckpt}")
+
+
+@pytest.mark.parametrize("rel", FUNCTION_FILES + list(K8S_FILES))
 def test_checkpoint_is_mounted_not_baked(rel):
     cfg = load(rel)
     env = env_of(cfg)
     ckpt = PurePosixPath(env["SAM2_CHECKPOINT"])
-    assert ckpt.is_absolute()
-    mounts = []
-    for v in cfg["spec"]["volumes"]:
-        assert v["volume"]["name"] == v["volumeMount"]["name"]
-        host = v["volume"].get("hostPath", {}).get("path")
-        if host:
-            assert PurePosixPath(host).is_absolute(), "Docker bind-mounts need an absolute host path"
-            mounts.append((PurePosixPath(v["volumeMount"]["mountPath"]), v["volumeMount"]))
-    holding = [(m, vm) for m, vm in mounts if m == ckpt.parent or m in ckpt.parents]
-    assert holding, f"{rel}: no hostPath volume holds {ckpt}"
-    mount, vm = holding[0]
-    assert vm.get("readOnly") is True
+    volume, mount = checkpoint_volume(rel)
+    if rel in K8S_FILES:  # a claim every node can mount, the one deploy/k8s/models-pvc.yaml makes
+        claim = volume["volume"]["persistentVolumeClaim"]
+        assert claim["claimName"] == load(K8S_PVC)["metadata"]["name"]
+        assert claim.get("readOnly") is True
+    else:
+        host = volume["volume"]["hostPath"]["path"]
+        assert PurePosixPath(host).is_absolute(), "Docker bind-mounts need an absolute host path"
+    assert volume["volumeMount"].get("readOnly") is True
     # the layout `python -m sam2oct download` writes: <models>/<profile>/<file name on the hub>
     profile = PROFILES[env["SAM2OCT_PROFILE"]]
     assert ckpt.relative_to(mount) == PurePosixPath(profile.name, PurePosixPath(profile.hf_filename).name)
@@ -495,3 +555,534 @@ def test_readme_documents_every_env_var():
     rows = [line for line in (ROOT / "README.md").read_text().splitlines() if line.lstrip().startswith("|")]
     missing = [name for name in ENV_VARS if not any(re.search(rf"(?<![\w]){name}(?![\w])", r) for r in rows)]
     assert not missing, f"README.md has no table row for {missing}"
+
+
+# --- shell scripts and documented commands ----------------------------------------------------
+
+SETUP = ROOT / "scripts/setup.sh"
+
+
+def shell_commands(text: str) -> list:
+    """The commands of a shell script or block: continuation lines joined; comment lines, blank
+    lines and here-document bodies dropped."""
+    out, buf, heredoc = [], "", None
+    for raw in text.splitlines():
+        if heredoc:
+            if raw.strip() == heredoc:
+                heredoc = None
+            continue
+        line = raw.rstrip()
+        if not buf and (not line.strip() or line.lstrip().startswith("#")):
+            continue
+        m = re.search(r"<<-?\s*['\"]?(\w+)", line)
+        if m:
+            heredoc = m.group(1)
+        if line.endswith("\\"):
+            buf += line[:-1] + " "
+            continue
+        out.append((buf + line).strip())
+        buf = ""
+    return out
+
+
+def simple_commands(text: str) -> list:
+    """Every simple command of a shell block as an argv list, in order: `&&`, `|` and a subshell's
+    parentheses split away, end-of-line comments and a trailing `&` dropped."""
+    argvs = []
+    for command in shell_commands(text):
+        command = command.strip()
+        if command.startswith("(") and command.endswith(")"):
+            command = command[1:-1]
+        for part in re.split(r"&&|\|", command):
+            argv = shlex.split(part, comments=True)
+            if argv and argv[-1] == "&":
+                argv = argv[:-1]
+            if argv:
+                argvs.append(argv)
+    return argvs
+
+
+def heredoc_bodies(text: str) -> list:
+    return re.findall(r"<<'EOF'\n(.*?)\nEOF(?:\n|$)", text, re.S)
+
+
+def fenced_blocks(text: str, lang: str = "bash") -> list:
+    return re.findall(rf"```{lang}\n(.*?)```", text, re.S)
+
+
+def markdown_section(rel: str, title: str) -> str:
+    text = (ROOT / rel).read_text()
+    start = text.index(f"\n## {title}\n")
+    end = text.find("\n## ", start + 1)
+    return text[start:] if end < 0 else text[start:end]
+
+
+def setup_installs() -> list:
+    return [i for c in shell_commands(SETUP.read_text()) for i in pip_installs(c)]
+
+
+def setup_torch_index() -> str:
+    m = re.search(r"^TORCH_INDEX=\$\{SETUP_TORCH_INDEX-([^}]+)\}$", SETUP.read_text(), re.M)
+    assert m, "scripts/setup.sh: TORCH_INDEX=${SETUP_TORCH_INDEX-<url>} not found"
+    return m.group(1)
+
+
+def requirement_lines(rel: str) -> list:
+    reqs = []
+    for line in (ROOT / rel).read_text().splitlines():
+        line = line.split("#", 1)[0].strip()
+        if line and not line.startswith("-"):
+            reqs.append(Requirement(line))
+    return reqs
+
+
+# --- set-up: torch, torchvision, cvat-cli -----------------------------------------------------
+
+def test_torch_and_torchvision_pins_are_a_pair():
+    # torchvision 0.(N+15) is the release built for torch 2.N (the compatibility table in
+    # torchvision's README: 2.0/0.15, 2.1/0.16, ..., 2.8/0.23); another pair fails on import.
+    pins = project_pins()
+    torch, vision = Version(pins["torch"]), Version(pins["torchvision"])
+    assert (torch.major, vision.major) == (2, 0) and vision.minor == torch.minor + 15, (torch, vision)
+
+
+def test_setup_installs_the_cpu_pair_or_falls_back_to_torch_alone():
+    pins = project_pins()
+    assert setup_torch_index() == CPU_TORCH_INDEX
+    torch_installs = [(o, s) for o, s, _ in setup_installs() if any(norm(x.split("==")[0]) == "torch" for x in s)]
+    primary = [(o, s) for o, s in torch_installs if "--index-url" in o]
+    fallback = [(o, s) for o, s in torch_installs if "--index-url" not in o]
+    assert len(primary) == 1 and len(fallback) == 1, torch_installs
+    (p_opts, p_specs), (f_opts, f_specs) = primary[0], fallback[0]
+    # the pair, both from PyTorch's CPU index (the default index serves CUDA builds on Linux)
+    assert p_opts["--index-url"] == ["$TORCH_INDEX"]
+    assert sorted(p_specs) == [f"torch=={pins['torch']}", f"torchvision=={pins['torchvision']}"]
+    # the fallback: torch alone, from whatever index pip is configured with
+    assert f_specs == [f"torch=={pins['torch']}"] and "--extra-index-url" not in f_opts
+    for opts in (p_opts, f_opts):
+        assert opts.get("-c") == ["constraints.txt"]
+
+
+def test_setup_takes_the_path_the_probe_decides_and_says_which():
+    text = SETUP.read_text()
+    branch = text[text.index("if torch_index_reachable; then"):]
+    branch = branch[:branch.index("\nfi\n")]
+    then, sep, orelse = branch.partition("\nelse\n")
+    assert sep, "scripts/setup.sh: no fallback branch"
+    assert "--index-url" in then and "torchvision==" in then
+    assert "--index-url" not in orelse and "torchvision" not in orelse
+    for part in (then, orelse):  # each path announces itself
+        assert re.search(r'^\s*echo "set-up: ', part, re.M), part
+    # the pair is checked to work together before the set-up goes on
+    assert any("import torch, torchvision" in body for body in heredoc_bodies(then))
+    # the fallback comes before sam2 and the requirements, which would otherwise pull torch
+    order = [" ".join(s) for _, s, _ in setup_installs()]
+    assert order.index(f"torch=={project_pins()['torch']}") < order.index(f"sam2=={setup_sh_pin('sam2')}")
+
+
+def torch_index_probe() -> str:
+    text = SETUP.read_text()
+    function = text[text.index("torch_index_reachable() {"):]
+    function = function[:function.index("\n}\n")]
+    assert '"$TORCH_INDEX"' in function, "the probe must look at the index the set-up installs from"
+    (body,) = heredoc_bodies(function)
+    return body
+
+
+def test_setup_probe_is_quick():
+    # a machine without access must fall back at once, not wait out pip's timeouts and retries
+    timeouts = [int(t) for t in re.findall(r"timeout=(\d+)", torch_index_probe())]
+    assert timeouts and max(timeouts) <= 10
+
+
+class _Index(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, *args):
+        pass
+
+
+def run_probe(url: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-", url], input=torch_index_probe(), text=True,
+                          capture_output=True, timeout=60)
+
+
+def test_setup_probe_accepts_a_reachable_index_and_refuses_a_dead_one(tmp_path):
+    (tmp_path / "torch").mkdir()
+    (tmp_path / "torch" / "index.html").write_text("<html><body></body></html>")
+    server = http.server.ThreadingHTTPServer(
+        ("127.0.0.1", 0), lambda *a, **k: _Index(*a, directory=str(tmp_path), **k))
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        ok = run_probe(f"http://127.0.0.1:{server.server_address[1]}/")
+        assert ok.returncode == 0, ok.stderr
+        missing = run_probe(f"http://127.0.0.1:{server.server_address[1]}/nothing-here")
+        assert missing.returncode == 1 and "not reachable" in missing.stderr
+    finally:
+        server.shutdown()
+        server.server_close()
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        dead_port = s.getsockname()[1]
+    dead = run_probe(f"http://127.0.0.1:{dead_port}/")
+    assert dead.returncode == 1 and "not reachable" in dead.stderr
+
+
+def test_setup_installs_this_package_without_dependencies():
+    editable = [o for o, _, _ in setup_installs() if o.get("-e")]
+    assert editable and editable[-1]["-e"] == ["."] and editable[-1].get("--no-deps") is True
+
+
+def test_cvat_cli_is_a_pinned_dev_dependency_kept_out_of_the_images():
+    dev = {canonicalize_name(r.name): r for r in requirement_lines("requirements-dev.txt")}
+    for name in ("cvat-sdk", "cvat-cli"):
+        assert name in dev, f"requirements-dev.txt lacks {name}"
+        (spec,) = dev[name].specifier
+        assert spec.operator == "==", f"{name} must be pinned"
+    assert "masks" in dev["cvat-sdk"].extras
+    # cvat-cli requires the cvat-sdk of its own version
+    assert str(dev["cvat-sdk"].specifier) == str(dev["cvat-cli"].specifier)
+    runtime = {canonicalize_name(r.name) for r in requirement_lines("requirements.txt")}
+    assert not runtime & {"cvat-sdk", "cvat-cli"}
+    # the Nuclio images install requirements.txt only
+    for rel in FUNCTION_FILES + list(K8S_FILES) + ["Dockerfile"]:
+        text = (ROOT / rel).read_text()
+        assert "requirements-dev" not in text and not re.search(r"\bcvat[-_](sdk|cli)\b", text), rel
+
+
+def test_cvat_cli_runs_from_the_environment():
+    (pin,) = {canonicalize_name(r.name): r for r in requirement_lines("requirements-dev.txt")}["cvat-cli"].specifier
+    exe = Path(sys.executable).with_name("cvat-cli")
+    assert exe.is_file(), f"no cvat-cli beside {sys.executable}: run bash scripts/setup.sh"
+    done = subprocess.run([str(exe), "--version"], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == pin.version
+
+
+def test_pyproject_dependencies_agree_with_requirements():
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    deps = {}
+    for line in project["dependencies"]:
+        req = Requirement(line)
+        assert canonicalize_name(req.name) not in deps, f"{req.name} listed twice"
+        deps[canonicalize_name(req.name)] = req
+    pinned = {canonicalize_name(r.name): r for r in requirement_lines("requirements.txt")}
+    assert set(deps) == set(pinned) | {"torch", "sam2"}, set(deps) ^ (set(pinned) | {"torch", "sam2"})
+    for name, req in pinned.items():
+        (spec,) = req.specifier
+        assert spec.operator == "==", f"requirements.txt must pin {name}"
+        assert deps[name].specifier.contains(spec.version), f"pyproject's {deps[name]} refuses {name}=={spec.version}"
+        assert deps[name].extras == req.extras
+    assert deps["torch"].specifier.contains(project_pins()["torch"])
+    assert deps["sam2"].specifier.contains(setup_sh_pin("sam2"))
+    for name, req in deps.items():  # ranges, not open-ended: a new major may break the loader
+        assert any(s.operator in ("<", "==") for s in req.specifier), f"{req} has no upper bound"
+
+
+# --- the README -------------------------------------------------------------------------------
+
+def _bash_syntax_ok(block: str) -> subprocess.CompletedProcess:
+    return subprocess.run(["bash", "-n"], input=block, text=True, capture_output=True, timeout=60)
+
+
+@pytest.mark.parametrize("rel", ["README.md", "docs/deploy.md", "docs/scale-out.md"])
+def test_documented_shell_blocks_parse(rel):
+    blocks = fenced_blocks((ROOT / rel).read_text())
+    assert blocks
+    for block in blocks:
+        done = _bash_syntax_ok(block)
+        assert done.returncode == 0, f"{rel}: {done.stderr}\n{block}"
+
+
+def _index(argvs, predicate, what):
+    hits = [i for i, argv in enumerate(argvs) if predicate(argv)]
+    assert hits, f"the deploy block has no {what}"
+    return hits[0]
+
+
+def test_readme_deploy_block_works_as_pasted():
+    from sam2oct.cli import build_parser
+
+    (block,) = fenced_blocks(markdown_section("README.md", "Deploy beside CVAT with nuctl"))
+    argvs = simple_commands(block)
+    # Python runs from the set-up's environment, never whichever python is on PATH
+    assert not [a for a in argvs if a[0] in ("python", "python3")]
+    dl = _index(argvs, lambda a: a[:4] == [".venv/bin/python", "-m", "sam2oct", "download"], "download")
+    args = build_parser().parse_args(argvs[dl][3:])
+
+    # the deploy: from an export of the repository, after the checkpoint is in place
+    deploy = _index(argvs, lambda a: a[:2] == ["nuctl", "deploy"], "nuctl deploy")
+    opts = dict(zip(argvs[deploy][2::2], argvs[deploy][3::2]))
+    rel = opts["--file"]
+    assert rel in FUNCTION_FILES and opts["--path"] == "." and opts["--platform"] == "local"
+    env = env_of(load(rel))
+    assert env["SAM2OCT_PROFILE"] == args.profile, "the yaml must name the checkpoint downloaded"
+    volume, mount = checkpoint_volume(rel)
+    host = PurePosixPath(volume["volume"]["hostPath"]["path"])
+
+    # the copy puts what the download wrote where the yaml mounts it from
+    cp = _index(argvs, lambda a: "cp" in a[:2], "copy of the checkpoint")
+    sources = [x for x in argvs[cp][argvs[cp].index("cp") + 1:-1] if not x.startswith("-")]
+    assert sources == [f"{args.models_dir}/{args.profile}", f"{args.models_dir}/checksums.json"]
+    assert PurePosixPath(argvs[cp][-1]) == host
+    ckpt = PurePosixPath(env["SAM2_CHECKPOINT"])
+    assert ckpt.parent.relative_to(mount) == PurePosixPath(args.profile)
+    mkdir = _index(argvs, lambda a: "mkdir" in a[:2] and str(host) in a, f"mkdir of {host}")
+    assert dl < cp and mkdir < cp < deploy
+
+    # the export is made in the repository, before changing into it
+    archive = _index(argvs, lambda a: a[:2] == ["git", "archive"], "git archive")
+    tar = argvs[archive + 1]
+    assert tar[0] == "tar" and "-x" in tar, "git archive must be piped into tar -x"
+    export = tar[tar.index("-C") + 1]
+    cd = _index(argvs, lambda a: a == ["cd", export], f"cd {export}")
+    assert archive < cd < deploy
+    assert _index(argvs, lambda a: a[:3] == ["mkdir", "-p", export], f"mkdir -p {export}") < archive
+    project = _index(argvs, lambda a: a[:3] == ["nuctl", "create", "project"], "nuctl create project")
+    assert project < deploy and argvs[project][3] == opts["--project-name"]
+
+    # CVAT's compose files from CVAT's checkout, plus this repository's drop-in from the export
+    compose = _index(argvs, lambda a: a[:2] == ["docker", "compose"], "docker compose")
+    assert argvs[compose - 1][0] == "cd", "docker compose must run in CVAT's checkout"
+    var = re.fullmatch(r"\$\{?(\w+)\}?", argvs[compose - 1][1]).group(1)
+    assert _index(argvs, lambda a: a[0].startswith(f"{var}="), f"{var}=...") < compose
+    files = [argvs[compose][i + 1] for i, x in enumerate(argvs[compose]) if x == "-f"]
+    ours = [f for f in files if f.startswith(export + "/")]
+    assert ours and all((ROOT / f[len(export) + 1:]).is_file() for f in ours)
+    assert argvs[compose][-2:] == ["up", "-d"]
+
+
+def test_readme_says_what_stock_cvat_does_first():
+    section = markdown_section("README.md", "Using it in CVAT")
+    first = section.split("\n\n")[1]
+    assert first.startswith("**Stock CVAT") and "one mask" in first and "label" in first
+    # The README says stock CVAT's UI sends no box: true only while no interactor asks for one.
+    assert "no box" in section and "no brush" in section
+    for rel in INTERACTORS + [k for k, src in K8S_FILES.items() if src in INTERACTORS]:
+        ann = load(rel)["metadata"]["annotations"]
+        assert not {"startswith_box", "startswith_box_optional"} & set(ann), \
+            f"{rel} asks CVAT for a box: update the README's 'Using it in CVAT'"
+    # boxes and brushes come after, as what only the fork or a direct call sends
+    assert section.index("no box") < section.index("obj_bbox") and section.index("no brush") < section.index("`brush`")
+    # the help CVAT shows beside the tool promises nothing stock CVAT cannot send
+    for rel in INTERACTORS:
+        assert "box" not in load(rel)["metadata"]["annotations"]["help_message"]
+
+
+# --- Kubernetes variants ----------------------------------------------------------------------
+
+@pytest.mark.parametrize("rel", list(K8S_FILES))
+def test_k8s_files_are_derived_from_the_gpu_files(rel):
+    cfg, src = load(rel), load(K8S_FILES[rel])
+    assert cfg["metadata"] == src["metadata"]
+    keep = lambda spec: {k: v for k, v in spec.items() if k not in K8S_ADDED | K8S_REPLACED}
+    assert keep(cfg["spec"]) == keep(src["spec"]), "only replicas, resources and volumes may differ"
+    # the files for Docker stay as they were: no replicas, the Docker-only platform attributes
+    assert not K8S_ADDED & set(src["spec"])
+    assert "platform" not in cfg["spec"], "platform.attributes apply to Docker only"
+
+
+@pytest.mark.parametrize("rel", list(K8S_FILES))
+def test_k8s_replicas_and_one_gpu_each(rel):
+    spec = load(rel)["spec"]
+    lo, hi = spec["minReplicas"], spec["maxReplicas"]
+    assert isinstance(lo, int) and isinstance(hi, int) and 1 <= lo < hi, (lo, hi)
+    assert 1 <= int(spec["targetCPU"]) <= 100
+    # the autoscaler measures CPU use against the request: without one it cannot scale
+    assert str(spec["resources"]["requests"]["cpu"]).strip()
+    assert str(spec["resources"]["limits"]["nvidia.com/gpu"]) == "1"
+    assert int(http_trigger(load(rel))["maxWorkers"]) == 1, "one worker, one model per GPU"
+
+
+def test_k8s_models_claim_and_copy_pod_agree():
+    pvc, pod = load(K8S_PVC), load(K8S_COPY_POD)
+    assert pvc["kind"] == "PersistentVolumeClaim" and pod["kind"] == "Pod"
+    # replicas on several nodes mount it at once; the copy pod writes it
+    assert "ReadWriteMany" in pvc["spec"]["accessModes"]
+    claims = [v["persistentVolumeClaim"]["claimName"] for v in pod["spec"]["volumes"]]
+    assert claims == [pvc["metadata"]["name"]]
+    assert pvc["metadata"]["namespace"] == pod["metadata"]["namespace"]
+    for rel in K8S_FILES:
+        assert load(rel)["metadata"]["namespace"] == pvc["metadata"]["namespace"]
+    (container,) = pod["spec"]["containers"]
+    (mount,) = container["volumeMounts"]
+    # the copy pod mounts the claim where the functions do, so `kubectl cp` paths match
+    assert PurePosixPath(mount["mountPath"]) == checkpoint_volume(next(iter(K8S_FILES)))[1]
+    assert not mount.get("readOnly")
+
+
+# --- docs/scale-out.md ------------------------------------------------------------------------
+
+SCALE_OUT = ROOT / "docs/scale-out.md"
+
+
+def cvat_cli_commands() -> list:
+    argvs = [a for block in fenced_blocks(SCALE_OUT.read_text()) for a in simple_commands(block)]
+    out = []
+    for argv in argvs:
+        tools = [i for i, tok in enumerate(argv) if PurePosixPath(tok).name == "cvat-cli"]
+        if tools:
+            out.append(argv[tools[0] + 1:])
+    return out
+
+
+def test_scale_out_cvat_cli_commands_parse():
+    from cvat_cli._internal.commands_all import COMMANDS
+    from cvat_cli._internal.common import configure_common_arguments
+
+    commands = cvat_cli_commands()
+    seen = set()
+    for argv in commands:
+        parser = __import__("argparse").ArgumentParser()
+        configure_common_arguments(parser)
+        COMMANDS.configure_parser(parser)
+        try:
+            parsed = parser.parse_args(argv)
+        except SystemExit:
+            pytest.fail(f"cvat-cli refuses: {' '.join(argv)}")
+        seen.add(tuple(argv[i] for i in range(len(argv)) if argv[i] in ("create-native", "run-agent")))
+        assert parsed.function_module == "sam2oct.cvat_function"
+    assert {("create-native",), ("run-agent",)} <= seen
+
+
+def test_scale_out_k8s_commands_name_the_k8s_files():
+    argvs = [a for block in fenced_blocks(SCALE_OUT.read_text()) for a in simple_commands(block)]
+    deployed = set()
+    for argv in argvs:
+        if argv[:2] == ["nuctl", "deploy"]:
+            opts = dict(zip(argv[2::2], argv[3::2]))
+            assert opts["--platform"] == "kube" and opts["--path"] == "."
+            deployed.add(opts["--file"])
+        if argv[:1] == ["kubectl"] and "-f" in argv:
+            for i, tok in enumerate(argv):
+                if tok == "-f":
+                    assert (ROOT / argv[i + 1]).is_file(), argv[i + 1]
+    assert deployed == set(K8S_FILES)
+
+
+def test_scale_out_parameters_are_those_of_the_cvat_function():
+    module = pytest.importorskip("sam2oct.cvat_function", reason="sam2oct.cvat_function has not landed")
+    parameters = inspect.signature(module.create).parameters
+    open_ended = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values())
+    for argv in cvat_cli_commands():
+        for i, tok in enumerate(argv):
+            if tok in ("-p", "--function-parameter"):
+                name = argv[i + 1].split("=", 1)[0]
+                assert open_ended or name in parameters, f"sam2oct.cvat_function.create takes no {name!r}"
+
+
+def _printed_lines() -> set:
+    lines = set()
+    for rel in ("docs/benchmarks.md", "docs/polygons.md"):
+        lines |= {line.strip() for line in (ROOT / rel).read_text().splitlines()}
+    return lines
+
+
+def test_scale_out_quotes_benchmark_figures_as_printed():
+    section = markdown_section("docs/scale-out.md", "3. What one replica serves: an estimate")
+    assert "GPU figures are not measured here" in " ".join(section.split())
+    (block,) = re.findall(r"```\n(.*?)```", section, re.S)
+    printed = _printed_lines()
+    for line in block.splitlines():
+        line = line.strip()
+        text = line[2:] if line.startswith("$ ") else line
+        assert line in printed or text in printed, f"not printed by a benchmark in docs/: {line!r}"
+
+
+def _figure(pattern: str, text: str) -> float:
+    m = re.search(pattern, text)
+    assert m, pattern
+    return float(m.group(1))
+
+
+def _decimals(text: str) -> int:
+    return len(text.split(".")[1]) if "." in text else 0
+
+
+def test_scale_out_estimate_is_computed_from_those_figures():
+    section = markdown_section("docs/scale-out.md", "3. What one replica serves: an estimate")
+    (block,) = re.findall(r"```\n(.*?)```", section, re.S)
+    E = _figure(r"E = ([\d.]+) s", section)
+    D = _figure(r"D = ([\d.]+) s", section)
+    P = _figure(r"P = ([\d.]+) s", section)
+    assert E == _figure(r"encode, cold \(first call\): ([\d.]+) s", block)
+    assert D == _figure(r"auto \(first decode after encode\)\s+([\d.]+) s", block)
+    assert P == _figure(r"median ([\d.]+) ms", block) / 1000
+
+    # one request at a time: rate = 1 / seconds
+    rows = re.findall(r"^\| [^|]*: ([EDP +]+) \| ([\d.]+) \| ([\d.]+)", section, re.M)
+    assert len(rows) == 3
+    for expression, seconds, rate in rows:
+        value = sum({"E": E, "D": D, "P": P}[term.strip()] for term in expression.split("+"))
+        assert round(value, _decimals(seconds)) == float(seconds), expression
+        assert round(1 / value, _decimals(rate)) == float(rate), expression
+
+    # R copies, c clicks per frame, each copy hit encodes the frame once
+    c = int(_figure(r"For c = (\d+)", section))
+    table = re.findall(r"^\| (\d+) \| ([\d.]+) \| ([\d.]+) \| ([\d.]+) \| ([\d.]+) \|$", section, re.M)
+    assert [int(r[0]) for r in table] == [1, 2, 4, 8]
+    for R, encoding, work, frames, clicks in table:
+        R = int(R)
+        d = R * (1 - (1 - 1 / R) ** c)
+        w = E * d + c * D
+        for written, value in ((encoding, d), (work, w), (frames, R / w), (clicks, c * R / w)):
+            assert round(value, _decimals(written)) == float(written), (R, written, value)
+
+
+# --- tests cite only what is in the repository ------------------------------------------------
+
+# Documents and source files that a docstring or comment may cite; data files (checkpoints,
+# payloads, configs) named there are often made up by the test itself, so they are not checked.
+_CITED = re.compile(r"[\w./+-]*\w\.(?:md|rst|py|sh|toml|txt|ts|tsx|js)\b")
+_OUTSIDE = re.compile(r"https?://|(^|[\s(`'\"])(\.\./|~/|/work/|/home/|/tmp/|shared/)")
+
+
+def docs_and_comments(path: Path):
+    """(line, text) of every comment and docstring of a Python file."""
+    source = path.read_text()
+    for tok in tokenize.generate_tokens(io.StringIO(source).readline):
+        if tok.type == tokenize.COMMENT:
+            yield tok.start[0], tok.string
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)):
+            doc = ast.get_docstring(node, clean=False)
+            if doc:
+                yield node.body[0].lineno, doc
+
+
+@lru_cache(maxsize=None)
+def _repo_file_names() -> frozenset:
+    names = set()
+    for path in ROOT.rglob("*"):
+        parts = path.relative_to(ROOT).parts
+        if path.is_file() and not {".venv", ".git", "__pycache__"} & set(parts):
+            names.add(path.name)
+    return frozenset(names)
+
+
+def citation_problems(text: str) -> list:
+    problems = [f"points outside the repository: {m.group(0).strip()!r}" for m in _OUTSIDE.finditer(text)]
+    for m in _CITED.finditer(text):
+        cited = m.group(0)
+        found = (ROOT / cited).is_file() or (ROOT / "tests" / cited).is_file() if "/" in cited \
+            else cited in _repo_file_names()
+        if not found:
+            problems.append(f"cites {cited!r}, which is not in the repository")
+    return problems
+
+
+def test_citation_check_catches_outside_references():
+    assert citation_problems("see ../shared/spec/cvat-nuclio.md")
+    assert citation_problems("facts from shared/spec/cvat-nuclio.md")
+    assert citation_problems("the table in the model spec (semantic-sam2.md)")
+    assert citation_problems("as CVAT's cvat/apps/lambda_manager/views.py does")
+    assert citation_problems("https://github.com/cvat-ai/cvat/blob/develop/README.md")
+    assert citation_problems("/work/main/tests/conftest.py")
+    assert citation_problems("see docs/deploy.md and tests/harness.py") == []
+    assert citation_problems("conftest.py, scripts/setup.sh, requirements.txt") == []
+
+
+@pytest.mark.parametrize("path", sorted((ROOT / "tests").glob("*.py")), ids=lambda p: p.name)
+def test_tests_cite_only_files_in_the_repository(path):
+    problems = [f"{path.name}:{line}: {p}" for line, text in docs_and_comments(path)
+                for p in citation_problems(text)]
+    assert not problems, "\n".join(problems)

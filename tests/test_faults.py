@@ -119,12 +119,12 @@ def _truncated(tmp_path):
 
 @pytest.mark.parametrize("env, exc_type, cause", [
     (lambda t: {"SAM2_CHECKPOINT": str(t / "models" / "nr206" / "missing.pt")}, CheckpointError,
-     ["SAM2_CHECKPOINT=", "missing.pt", "not found", "python -m sam2oct download"]),
-    (lambda t: {"SAM2_CHECKPOINT": None}, ConfigError, ["SAM2_CHECKPOINT is not set", "download"]),
+     ["SAM2_CHECKPOINT: ", "missing.pt", "not found", "python -m sam2oct download"]),
+    (lambda t: {"SAM2_CHECKPOINT": None}, CheckpointError, ["SAM2_CHECKPOINT: no checkpoint given", "download"]),
     (lambda t: {"SAM2_CHECKPOINT": _truncated(t)}, CheckpointError, ["truncated.pt", "not a readable PyTorch checkpoint"]),
     (lambda t: {"SAM2_CONFIG": str(t / "nope.yaml")}, CheckpointError, ["nope.yaml", "not found", "SAM2_CONFIG"]),
     (lambda t: {"SAM2_DEVICE": "cuda:0"}, ConfigError, ["SAM2_DEVICE", "CUDA is not available"]),
-    (lambda t: {"SAM2OCT_CACHE_SIZE": "lots"}, ConfigError, ["SAM2OCT_CACHE_SIZE", "lots"]),
+    (lambda t: {"SAM2OCT_CACHE_MB": "lots"}, ConfigError, ["SAM2OCT_CACHE_MB", "lots"]),
 ], ids=["missing-checkpoint", "unset-checkpoint", "truncated-checkpoint", "missing-config", "no-cuda", "bad-env"])
 def test_cold_start_failure_is_logged_once_with_its_cause(tmp_path, env, exc_type, cause):
     exc, log = start_failure(**env(tmp_path))

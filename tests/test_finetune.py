@@ -17,20 +17,17 @@ import numpy as np
 import pytest
 import torch
 from conftest import DATA, ROOT, TINY_CKPT, TINY_CONFIG
-from datasets_standin import install
 from PIL import Image
 
 from sam2oct import cli
 from sam2oct.augment import AugmentOptions, augment
 from sam2oct.checkpoint import load_model, read_state_dict, sha256_of
+from sam2oct.datasets import Sample, load_dataset
+from sam2oct.evaluate import score
 from sam2oct.finetune import FinetuneOptions, prepare_model, save_checkpoint, train
 from sam2oct.losses import argmax_iou, total_loss
 from sam2oct.profiles import NR206_CLASSES
 from sam2oct.synthetic import SCANNER_A, SCANNER_B, synthetic_bscan, synthetic_set
-
-install()  # sam2oct.datasets / sam2oct.evaluate, or their stand-in until the data branch lands
-from sam2oct.datasets import Dataset, Sample, load_dataset  # noqa: E402
-from sam2oct.evaluate import score  # noqa: E402
 
 SPECTRALIS_ZIP = DATA / "spectralis" / "spectralis_layers_cvat_for_images_1.1.zip"
 SPECTRALIS_CLASSES = ("background", "NFL", "GCL-BM", "below-BM", "OPL", "ONL", "ELM+IS", "OS", "RPE")
@@ -197,7 +194,6 @@ def test_saved_checkpoint_has_the_base_keys_and_loads_strictly(config256, tmp_pa
 
 
 def test_interrupt_leaves_no_output(config256, tmp_path):
-    install()
     out = tmp_path / "out.pt"
     out_dir = tmp_path / "data"
     write_plain_dataset(out_dir, samples(4, SCANNER_A, 4))
@@ -249,7 +245,6 @@ def run_cli(*args):
 @pytest.fixture(scope="module")
 def finetuned(tmp_path_factory, config256):
     """`python -m sam2oct finetune` (in-process) on synthetic B-scans, validated on others."""
-    install()
     root = tmp_path_factory.mktemp("ft")
     train_dir = write_plain_dataset(root / "train", samples(12, SCANNER_A, 10, "tr"))
     val_dir = write_plain_dataset(root / "val", samples(4, SCANNER_A, 11, "va"))
@@ -305,7 +300,6 @@ def test_cli_output_serves_through_segment(finetuned, config256, tmp_path):
 
 
 def test_cli_val_fraction_holds_out_whole_volumes(tmp_path, config256):
-    install()
     items = samples(12, SCANNER_A, 6)  # volumes vol0, vol1, vol2: four B-scans each
     data = write_plain_dataset(tmp_path / "d", items)
     report = tmp_path / "r.json"
@@ -349,7 +343,6 @@ def no_model(monkeypatch):
 def test_cli_user_errors_exit_2_before_the_model_loads(tmp_path, capsys, no_model, args, fragment):
     if "cuda" in " ".join(args) and torch.cuda.is_available():
         pytest.skip("this machine has CUDA")  # the case needs a machine without it
-    install()
     data = write_plain_dataset(tmp_path / "d", samples(4, SCANNER_A, 5))
     code = cli.main(["finetune", str(data), "--checkpoint", str(TINY_CKPT), "--out", str(tmp_path / "o.pt"), *args])
     err = capsys.readouterr().err.strip().splitlines()
@@ -358,7 +351,6 @@ def test_cli_user_errors_exit_2_before_the_model_loads(tmp_path, capsys, no_mode
 
 
 def test_cli_errors_on_data_and_paths(tmp_path, capsys, no_model):
-    install()
     data = write_plain_dataset(tmp_path / "d", samples(2, SCANNER_A, 5))
     cases = [
         ([str(tmp_path / "missing"), "--checkpoint", str(TINY_CKPT), "--out", str(tmp_path / "o.pt")], "missing"),
@@ -381,7 +373,6 @@ def test_cli_errors_on_data_and_paths(tmp_path, capsys, no_model):
 
 def test_real_spectralis_export_raises_held_out_miou(config256):
     """Fine-tune on the Willis_B_716 volume (2 circle scans), score the other volume's B-scan."""
-    install()
     data = load_dataset(SPECTRALIS_ZIP, SPECTRALIS_CLASSES)
     assert len(data.samples) == 3
     held = replace(data, samples=[s for s in data.samples if s.name == "valid.png"])

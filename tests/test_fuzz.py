@@ -194,8 +194,8 @@ class Tally:
 @pytest.fixture(scope="module")
 def workers():
     fns = {
-        "interactor": Worker(SAM2OCT_CACHE_SIZE="64"),
-        "detector": Worker(SAM2OCT_CACHE_SIZE="64", SAM2OCT_MODE="detector"),
+        "interactor": Worker(SAM2OCT_CACHE_MB="256"),
+        "detector": Worker(SAM2OCT_CACHE_MB="256", SAM2OCT_MODE="detector"),
     }
     yield fns, Tally()
 
@@ -210,6 +210,11 @@ def _check(reply, tally, size=None, mode="interactor"):
     assert reply.status < 500, reply
     if reply.status >= 300:
         check_error(reply)
+        return
+    if size is None and mode == "detector":
+        # a frame the detector cannot read is skipped, not refused, so one bad frame never aborts
+        # a task's automatic annotation: no shapes (the log says why)
+        assert reply.json == [], reply
         return
     assert size is not None, f"2xx for a request without a decodable image: {reply}"
     (check_interactor if mode == "interactor" else check_detector)(reply, *size)

@@ -9,8 +9,9 @@ import pytest
 from conftest import DATA
 from PIL import Image
 
-from sam2oct.images import DEFAULT_MAX_PIXELS, read_image
+from sam2oct.images import DEFAULT_MAX_PIXELS, gray_from_pil, read_image
 from sam2oct.errors import RequestError
+from sam2oct.predictor import SemanticPredictor
 
 RNG = np.random.default_rng(1234)
 GREY = RNG.integers(0, 256, size=(37, 53), dtype=np.uint8)  # odd sizes catch transposes
@@ -69,26 +70,54 @@ def test_rgb_is_luma():
     assert np.allclose(out, 0.299, atol=1 / 255)
 
 
-def test_16bit_png_maps_full_range():
+def test_16bit_png_of_full_range_equals_its_8bit_original():
+    # The 16-bit sample is the 8-bit one times 257, so it reaches 65535: scaling by the frame's
+    # maximum is v16 / 65535 here, which is exactly v8 / 255.
     with Image.open(DATA / "bscan_768x496_s1_16bit.png") as im16:
         assert im16.mode.startswith("I")  # really a 16-bit file
     raw8 = read(DATA / "bscan_768x496_s1.png")
+    raw16 = read(DATA / "bscan_768x496_s1_16bit.png")
+    assert np.array_equal(raw16, raw8.astype(np.uint16) * 257) and raw16.max() == 65535
     out8 = read_image((DATA / "bscan_768x496_s1.png").read_bytes())
     out16 = read_image((DATA / "bscan_768x496_s1_16bit.png").read_bytes())
     assert out16.shape == (496, 768) and out16.dtype == np.float32
-    assert np.abs(out16 - out8).max() < 1e-6  # v16 = 257 * v8
+    assert np.array_equal(out16, out8)
     assert len(np.unique(out16)) == len(np.unique(raw8)) > 100
-    # Not clipped at 255/65535: only the pixels that are white in 8 bits reach 1.
+    # Only the pixels that are white in 8 bits reach 1.
     assert np.array_equal(out16 >= 1.0, raw8 == 255)
-    assert (out16 > 0.5).mean() == pytest.approx((raw8 > 127).mean(), abs=1e-6)
 
 
-def test_16bit_values_above_8_bits_are_kept():
-    ramp = np.linspace(0, 65535, 64 * 64).round().astype(np.uint16).reshape(64, 64)
-    out = read_image(encode(Image.fromarray(ramp)))
-    assert np.abs(out - ramp / 65535.0).max() < 1e-6
-    assert out.min() == 0.0 and out.max() == 1.0
-    assert len(np.unique(out)) > 1000  # far more levels than 8 bits hold
+def test_12bit_scan_in_16bit_container_gives_the_8bit_grey_and_layers(tiny_model):
+    # OCT data is often 12-bit in a 16-bit container. CVAT shows such a frame scaled by its
+    # maximum; the model must see the same picture, not one 16 times darker.
+    data8 = (DATA / "bscan_768x496_s1.png").read_bytes()
+    raw8 = read(DATA / "bscan_768x496_s1.png")
+    assert raw8.max() == 255  # so v / max of the 8-bit original is v / 255
+    raw12 = raw8.astype(np.uint16) * 16
+    assert raw12.max() == 4080 < 4096
+    data12 = encode(Image.fromarray(raw12))
+    with Image.open(io.BytesIO(data12)) as im:
+        assert im.mode == "I;16"
+    out8, out12 = read_image(data8), read_image(data12)
+    assert out12.dtype == np.float32 and out12.max() == 1.0
+    assert np.array_equal(out12, out8)  # exactly the same grey input
+    predictor = SemanticPredictor(tiny_model)
+    assert np.array_equal(predictor.predict(out12).label_map, predictor.predict(out8).label_map)
+
+
+@pytest.mark.parametrize("dtype, mode", [(np.uint16, "I;16"), (np.int32, "I")])
+def test_integer_frame_scaled_by_its_maximum(dtype, mode):
+    a = (GREY.astype(np.int64) * 37 + 1000).astype(dtype)  # up to 10435: neither 8 nor 16 bits full
+    im = Image.fromarray(a)
+    assert im.mode == mode
+    out = read_image(encode(im, "TIFF"))
+    assert np.abs(out - a / a.max()).max() < 1e-6 and out.max() == 1.0
+
+
+@pytest.mark.parametrize("dtype", [np.uint16, np.int32])
+def test_all_zero_integer_frame_stays_zero(dtype):
+    out = read_image(encode(Image.fromarray(np.zeros((7, 9), dtype)), "TIFF"))
+    assert out.shape == (7, 9) and out.dtype == np.float32 and not out.any()
 
 
 def test_jpeg_decodes():
@@ -100,9 +129,9 @@ def test_jpeg_decodes():
 
 @pytest.mark.parametrize("bits", [8, 16])
 def test_tiff_decodes(bits):
-    a = GREY if bits == 8 else GREY.astype(np.uint16) * 257 + 3
+    a = GREY if bits == 8 else GREY.astype(np.uint16) * 200 + 3
     out = read_image(encode(Image.fromarray(a), "TIFF"))
-    assert np.abs(out - a / (255.0 if bits == 8 else 65535.0)).max() < 1e-6
+    assert np.abs(out - a / (255.0 if bits == 8 else float(a.max()))).max() < 1e-6
 
 
 def test_float_tiff_is_stretched():
@@ -192,15 +221,78 @@ def test_crafted_header_would_fail_decoding():
 
 def test_max_pixels_is_configurable():
     data = encode(Image.fromarray(GREY))
-    refused(data, status=413, max_pixels=GREY.size - 1)
+    err = refused(data, status=413, max_pixels=GREY.size - 1)
+    assert str(err) == f"image is 53x37 = {GREY.size} pixels, over the pixel limit of {GREY.size - 1}"
     assert read_image(data, max_pixels=GREY.size).shape == GREY.shape
 
 
-def test_32bit_int_image_out_of_range():
-    refused(encode(Image.fromarray(np.full((4, 4), 70_000, np.int32), mode="I"), "TIFF"))
+def test_32bit_int_image_with_negative_values():
+    a = np.full((4, 4), 70_000, np.int32)
+    assert read_image(encode(Image.fromarray(a, mode="I"), "TIFF")).max() == 1.0  # large is fine
+    a[2, 3] = -1
+    assert "negative" in str(refused(encode(Image.fromarray(a, mode="I"), "TIFF")))
 
 
 def test_nan_float_tiff():
     a = np.zeros((4, 4), np.float32)
     a[1, 1] = np.nan
     refused(encode(Image.fromarray(a, mode="F"), "TIFF"))
+
+
+# --- gray_from_pil: the one conversion, also for images opened elsewhere ------------------------------
+
+def pil_of(mode: str) -> tuple[Image.Image, np.ndarray]:
+    """GREY in a PIL image of `mode`, and the grey in [0, 1] that mode must give (numpy only)."""
+    g = GREY.astype(np.float64)
+    if mode == "L":
+        return Image.fromarray(GREY), g / 255
+    if mode in ("I;16", "I;16B"):
+        a = (GREY.astype(np.uint16) * 16).astype(np.uint16 if mode == "I;16" else ">u2")
+        return Image.fromarray(a), a / a.max()
+    if mode == "I":
+        a = GREY.astype(np.int32) * 300
+        return Image.fromarray(a), a / a.max()
+    if mode == "F":
+        a = (g - 100.0).astype(np.float32)
+        return Image.fromarray(a), (a - a.min()) / (a.max() - a.min())
+    if mode == "P":
+        im = Image.frombytes("P", GREY.shape[::-1], GREY.tobytes())
+        im.putpalette([v for i in range(256) for v in (i, i, i)])
+        return im, g / 255
+    if mode == "1":
+        return Image.fromarray(GREY > 127), (GREY > 127).astype(np.float64)
+    return Image.fromarray(GREY).convert(mode), g / 255  # RGB, RGBA, LA: grey stays grey
+
+
+@pytest.mark.parametrize("mode", ["L", "I;16", "I;16B", "I", "F", "RGB", "RGBA", "P", "LA", "1"])
+def test_gray_from_pil_every_mode(mode):
+    im, want = pil_of(mode)
+    assert im.mode == mode
+    out = gray_from_pil(im)
+    assert out.dtype == np.float32 and out.shape == GREY.shape
+    assert np.abs(out - want).max() < 1e-6
+    assert im.mode == mode and im.size == GREY.shape[::-1]  # the caller's image is untouched
+
+
+@pytest.mark.parametrize("mode", ["L", "I;16", "I", "F", "RGB", "P"])
+def test_read_image_is_gray_from_pil_of_the_file(mode):
+    im, _ = pil_of(mode)
+    data = encode(im, "TIFF")
+    with Image.open(io.BytesIO(data)) as opened:
+        assert np.array_equal(read_image(data), gray_from_pil(opened))
+
+
+@pytest.mark.parametrize("mode", ["L", "I;16"])
+def test_gray_from_pil_applies_exif_orientation(mode):
+    stored = smooth(60, 100).astype(np.uint16 if mode == "I;16" else np.uint8)
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90 degrees clockwise to view
+    data = encode(Image.fromarray(stored), "PNG", exif=exif.tobytes())  # PNG: Pillow leaves the tag to us
+    with Image.open(io.BytesIO(data)) as im:
+        im.load()
+        assert im.mode == mode and im.getexif().get(0x0112) == 6
+        out = gray_from_pil(im)
+        assert im.size == (100, 60)  # not transposed in place
+    upright = np.rot90(stored, -1).astype(np.float64)
+    assert out.shape == (100, 60)
+    assert np.abs(out - upright / (255 if mode == "L" else upright.max())).max() < 1e-6

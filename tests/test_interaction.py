@@ -215,3 +215,16 @@ def test_mask_and_label_map_agree():
     assert (s.label_map[s.mask] != 0).all()
     assert np.array_equal(s.mask, BOTTOM_RIGHT_1 | ROW_3)
     assert s.picked == [1, 3]
+
+
+def test_more_than_256_classes():
+    # Models with K > 256 give uint16 label maps; 256 + k must stay distinct from k.
+    lm = LM.astype(np.uint16) + np.where(LM > 0, 256, 0).astype(np.uint16)
+    lm[5, 5:] = 1  # class 1 beside class 257, which wraps to 1 in uint8
+    s = sel(pos=[[1.5, 1.5], [6.5, 5.5]], neg=[[4.5, 2.5]], lm=lm)
+    assert s.picked == [257, 1]
+    assert s.label_map.dtype == np.uint16
+    assert np.array_equal(s.mask, TOP_LEFT_1 | BOTTOM_RIGHT_1)
+    assert np.array_equal(s.label_map, np.where(BLOCK_2, 0, lm))  # the negative click removed class 258
+    everything = sel(lm=lm)
+    assert everything.picked == [1, 257, 258, 259]

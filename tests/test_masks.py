@@ -1,4 +1,8 @@
-"""CVAT mask encodings: hand-checked examples, spec-based reference decoders, validation."""
+"""CVAT mask encodings: hand-checked examples, spec-based reference decoders, validation.
+
+CVAT's stored format (run lengths over a box) has its reference in cvat-sdk:
+``cvat_sdk.masks.encode_mask`` writes what ``rle_to_mask`` must read, as ``decode_mask`` does.
+"""
 
 import json
 
@@ -6,10 +10,11 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from cvat_sdk.masks import decode_mask, encode_mask
 from hypothesis.extra.numpy import arrays
 
 from sam2oct.errors import RequestError
-from sam2oct.masks import rle_to_mask, mask_to_rle, to_detector_mask, to_interactor_crop
+from sam2oct.masks import rle_to_mask, to_detector_mask, to_interactor_crop
 
 # Reference decoders written from the CVAT spec, independent of the code under test.
 
@@ -30,17 +35,6 @@ def decode_detector(values, height, width):
     return out
 
 
-def decode_rle(values, height, width):
-    x1, y1, x2, y2 = values[-4:]
-    flat, value = [], False
-    for run in values[:-4]:  # zero run first, then alternating
-        flat += [value] * run
-        value = not value
-    out = np.zeros((height, width), bool)
-    out[y1:y2 + 1, x1:x2 + 1] = np.array(flat).reshape(y2 - y1 + 1, x2 - x1 + 1)
-    return out
-
-
 def plain_ints(values):
     return all(type(v) is int for v in values)
 
@@ -56,18 +50,16 @@ EXAMPLE = np.array([
 def test_hand_checked_example():
     assert to_interactor_crop(EXAMPLE) == ([[1, 1], [0, 1]], [1, 1, 2, 2])
     assert to_detector_mask(EXAMPLE) == [255, 255, 0, 255, 1, 1, 2, 2]
-    # first pixel of the box is set, so the leading zero run is empty
-    assert mask_to_rle(EXAMPLE) == [0, 2, 1, 1, 1, 1, 2, 2]
-    # the inverse's box is the whole 5x4 image; rows 11111 10011 11011 11111
-    assert mask_to_rle(~EXAMPLE) == [0, 6, 2, 4, 1, 7, 0, 0, 4, 3]
+    for mask in (EXAMPLE, ~EXAMPLE):  # the first pixel of the box set: an empty leading zero run
+        assert (rle_to_mask(encode_mask(mask), 4, 5) == mask).all()
 
 
 def test_rle_decodes_cvat_example_with_float_values():
     # CVAT stores shape points as floats; a 2x2 box with an L-shape
-    mask = rle_to_mask([1.0, 3.0, 3.0, 2.0, 4.0, 3.0], 5, 6)
-    expected = np.zeros((5, 6), bool)
-    expected[2, 4] = expected[3, 3] = expected[3, 4] = True
-    assert (mask == expected).all()
+    points = [1.0, 3.0, 3.0, 2.0, 4.0, 3.0]
+    mask = rle_to_mask(points, 5, 6)
+    assert mask.sum() == 3
+    assert (mask == decode_mask(points, image_width=6, image_height=5)).all()
 
 
 CASES = {
@@ -89,7 +81,6 @@ def test_round_trips_at_image_border(name):
 
 def test_full_image_round_trips():
     mask = np.ones((3, 4), bool)
-    assert mask_to_rle(mask) == [0, 12, 0, 0, 3, 2]
     assert to_interactor_crop(mask)[1] == [0, 0, 3, 2]
     _check_round_trips(mask)
 
@@ -101,20 +92,24 @@ def test_non_bool_masks_use_non_zero_as_set():
     assert to_detector_mask(mask.astype(np.float32)) == [255, 255, 2, 1, 2, 2]
 
 
-@pytest.mark.parametrize("encode", [to_interactor_crop, to_detector_mask, mask_to_rle])
+@pytest.mark.parametrize("encode", [to_interactor_crop, to_detector_mask])
 def test_empty_mask_cannot_be_encoded(encode):
     with pytest.raises(ValueError, match="empty"):
         encode(np.zeros((3, 3), bool))
 
 
-@pytest.mark.parametrize("encode", [to_interactor_crop, to_detector_mask, mask_to_rle])
+@pytest.mark.parametrize("encode", [to_interactor_crop, to_detector_mask])
 def test_encoders_want_2d(encode):
     with pytest.raises(ValueError, match="2-D"):
         encode(np.ones((2, 2, 1), bool))
 
 
 def test_all_zero_runs_decode_to_empty_mask():
-    assert not rle_to_mask([6, 1, 1, 3, 2], 4, 5).any()
+    points = [6, 1, 1, 3, 2]
+    assert not decode_mask(points, image_width=5, image_height=4).any()
+    assert not rle_to_mask(points, 4, 5).any()
+    # what cvat-sdk writes for an empty mask
+    assert not rle_to_mask(encode_mask(np.zeros((4, 5), bool)), 4, 5).any()
 
 
 BAD_RLE = {
@@ -148,20 +143,18 @@ def test_malformed_rle_is_refused(name):
 
 def _check_round_trips(mask):
     height, width = mask.shape
-    (crop, bounds), detector, rle = to_interactor_crop(mask), to_detector_mask(mask), mask_to_rle(mask)
-    json.dumps([crop, bounds, detector, rle])  # plain JSON types only
+    (crop, bounds), detector, rle = to_interactor_crop(mask), to_detector_mask(mask), encode_mask(mask)
+    json.dumps([crop, bounds, detector])  # plain JSON types only
     assert all(plain_ints(row) for row in crop) and set(np.ravel(crop)) <= {0, 1}
-    assert plain_ints(bounds) and plain_ints(detector) and plain_ints(rle)
+    assert plain_ints(bounds) and plain_ints(detector)
     assert set(detector[:-4]) <= {0, 255}
-    assert rle[0] >= 0 and all(run > 0 for run in rle[1:-4])  # only the leading zero run may be empty
     assert (decode_interactor(crop, bounds, height, width) == mask).all()
     assert (decode_detector(detector, height, width) == mask).all()
-    assert (decode_rle(rle, height, width) == mask).all()
     assert (rle_to_mask(rle, height, width) == mask).all()
     # the box is tight: every edge of it holds a set pixel
     xtl, ytl, xbr, ybr = bounds
     assert mask[ytl].any() and mask[ybr].any() and mask[:, xtl].any() and mask[:, xbr].any()
-    assert detector[-4:] == rle[-4:] == [xtl, ytl, xbr, ybr]
+    assert detector[-4:] == rle[-4:] == [xtl, ytl, xbr, ybr]  # the same box as cvat-sdk's
 
 
 @settings(max_examples=150, deadline=None)
@@ -171,4 +164,18 @@ def test_random_masks_round_trip(mask):
         _check_round_trips(mask)
     else:
         with pytest.raises(ValueError):
-            mask_to_rle(mask)
+            to_detector_mask(mask)
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.data())
+def test_rle_to_mask_reads_what_cvat_sdk_writes(data):
+    # any box, not only the tight one: run lengths of unset pixels at either end
+    h, w = data.draw(st.integers(1, 12)), data.draw(st.integers(1, 12))
+    mask = data.draw(arrays(np.bool_, (h, w)))
+    x1, y1 = data.draw(st.integers(0, w - 1)), data.draw(st.integers(0, h - 1))
+    x2, y2 = data.draw(st.integers(x1 + 1, w)), data.draw(st.integers(y1 + 1, h))
+    points = encode_mask(mask, bbox=[x1, y1, x2, y2])
+    expected = decode_mask(points, image_width=w, image_height=h)
+    assert (rle_to_mask(points, h, w) == expected).all()
+    assert (rle_to_mask([float(v) for v in points], h, w) == expected).all()  # CVAT stores floats

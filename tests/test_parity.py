@@ -149,7 +149,7 @@ def test_predictor_end_to_end(fx, case, report):
     """Decoding, preprocessing, normalisation and coordinate maps together, prompts in image pixels."""
     s = state(fx, report, f"predictor:{case}")
     z, model, geo = s["z"], s["model"], s["geo"]
-    predictor = SemanticPredictor(model, preprocess="stretch", cache_size=1)
+    predictor = SemanticPredictor(model, preprocess="stretch", cache_bytes=0)
     prompts = {}
     if f"{case}/point_coords" in z.files:
         xy = geo.to_image(z[f"{case}/point_coords"])  # 1024 space -> image pixels
@@ -159,7 +159,7 @@ def test_predictor_end_to_end(fx, case, report):
         else:
             prompts.update(points=xy, labels=labels)
     bscan = z["bscan_u8"]
-    pred = predictor.predict(bscan / 255.0, **prompts)
+    pred = predictor.predict(bscan / 255.0, **prompts, logits=True)
     assert_close(pred.low_res_logits, z[f"{case}/low_res_logits"], f"{fx.id} predictor {case} logits")
     assert_close(pred.ious, z[f"{case}/ious"], f"{fx.id} predictor {case} ious")
     # Label map: argmax of the reference logits brought to the image size (spec step 6).

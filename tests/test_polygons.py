@@ -133,15 +133,15 @@ def test_simplified_coverage_keeps_tiling_and_border():
         shapes = check_tiles_image(label_map, tolerance)
         check_format(shapes, label_map.shape)
     # simplification actually removed vertices
-    exact = sum(len(s["points"]) for s in label_map_to_shapes(label_map, NAMES, tolerance=0))
-    simple = sum(len(s["points"]) for s in label_map_to_shapes(label_map, NAMES, tolerance=3))
+    exact = sum(len(s["points"]) for s in label_map_to_shapes(label_map, NAMES, tolerance=0, min_area=25))
+    simple = sum(len(s["points"]) for s in label_map_to_shapes(label_map, NAMES, tolerance=3, min_area=25))
     assert simple < exact / 2
 
 
 def test_neighbours_share_vertices_after_simplification():
     rng = np.random.default_rng(5)
     label_map = layered(rng, 40, 60, 4)
-    shapes = label_map_to_shapes(label_map, NAMES, tolerance=2)
+    shapes = label_map_to_shapes(label_map, NAMES, tolerance=2, min_area=25)
     polys = polygons(shapes)
     for i, j in zip(*shapely.STRtree(polys).query(polys, predicate="touches")):
         shared = polys[i].boundary.intersection(polys[j].boundary)
@@ -152,8 +152,8 @@ def test_neighbours_share_vertices_after_simplification():
 
 
 def test_background_and_empty_maps():
-    assert label_map_to_shapes(np.zeros((5, 7), np.uint8), NAMES) == []
-    (shape,) = label_map_to_shapes(np.full((5, 7), 3), NAMES)
+    assert label_map_to_shapes(np.zeros((5, 7), np.uint8), NAMES, tolerance=1.0, min_area=25) == []
+    (shape,) = label_map_to_shapes(np.full((5, 7), 3), NAMES, tolerance=1.0, min_area=25)
     assert shape["label"] == "c" and sorted(map(tuple, shape["points"])) == [(0, 0), (0, 5), (7, 0), (7, 5)]
 
 
@@ -199,12 +199,100 @@ def test_chain_of_small_regions_is_merged_without_gaps():
     assert (rasterize(shapes, NAMES, label_map.shape) == expected).all()
 
 
-def test_noise_is_merged_in_vectorised_rounds():
+def test_longest_border_wins_over_largest_neighbour():
+    # a 3-pixel "c" fragment in the thin layer "a": border with "a" 3 + 1 + 1,
+    # with the much larger "b" below only 3.  (GDAL's sieve would pick "b",
+    # the neighbour with the largest area.)
+    label_map = np.array([
+        [1, 1, 1, 1, 1, 1, 1, 1, 1, 1],
+        [1, 3, 3, 3, 1, 1, 1, 1, 1, 1],
+        [2, 2, 2, 2, 2, 2, 2, 2, 2, 2],
+        [2, 2, 2, 2, 2, 2, 2, 2, 2, 2],
+        [2, 2, 2, 2, 2, 2, 2, 2, 2, 2],
+        [2, 2, 2, 2, 2, 2, 2, 2, 2, 2],
+    ])
+    shapes = label_map_to_shapes(label_map, NAMES, tolerance=0, min_area=5)
+    expected = np.array([[1] * 10] * 2 + [[2] * 10] * 4)
+    assert (rasterize(shapes, NAMES, label_map.shape) == expected).all()
+
+
+def test_equal_borders_go_to_the_lowest_class():
+    # the "c" pixel borders "a" (up, left) and "b" (right, down) along 2 edges each
+    label_map = np.array([
+        [1, 1, 1, 1],
+        [1, 3, 2, 2],
+        [2, 2, 2, 2],
+        [2, 2, 2, 2],
+    ])
+    shapes = label_map_to_shapes(label_map, NAMES, tolerance=0, min_area=2)
+    expected = np.array([
+        [1, 1, 1, 1],
+        [1, 1, 2, 2],
+        [2, 2, 2, 2],
+        [2, 2, 2, 2],
+    ])
+    assert (rasterize(shapes, NAMES, label_map.shape) == expected).all()
+
+
+def test_smaller_of_two_touching_small_regions_moves_first():
+    # "d" (1 pixel) and "c" (2 pixels) touch, so only the smaller "d" moves in
+    # the first round: its borders are "a" 2 (left, down), "b" 1, "c" 1 -> "a".
+    # In the second round "c" borders "b" along 3 edges and "a" -- now
+    # including the former "d" -- along 3 as well: the tie goes to "a".  Had
+    # both moved at once, "c" would have counted "b" 3, "a" 2, "d" 1 -> "b".
+    label_map = np.array([
+        [2, 2, 2, 2, 2],
+        [2, 2, 3, 2, 2],
+        [1, 4, 3, 1, 1],
+        [1, 1, 1, 1, 1],
+        [1, 1, 1, 1, 1],
+    ])
+    shapes = label_map_to_shapes(label_map, NAMES, tolerance=0, min_area=3)
+    expected = np.array([
+        [2, 2, 2, 2, 2],
+        [2, 2, 1, 2, 2],
+        [1, 1, 1, 1, 1],
+        [1, 1, 1, 1, 1],
+        [1, 1, 1, 1, 1],
+    ])
+    assert (rasterize(shapes, NAMES, label_map.shape) == expected).all()
+
+
+def test_hole_touching_the_outline_at_a_corner_is_cut():
+    # "a" encloses the "b" pixel, which touches the "c" pixel at one corner:
+    # "a" is one region whose hole touches its outline at a point.  Returning
+    # its outline alone would paint over "b"; cut at x=1, "a" falls into its
+    # left column, its top-right block and the single pixel below "b".
+    label_map = np.array([
+        [1, 1, 1],
+        [1, 2, 1],
+        [1, 1, 3],
+    ])
+    shapes = label_map_to_shapes(label_map, NAMES, tolerance=0, min_area=0)
+    assert (rasterize(shapes, NAMES, label_map.shape) == label_map).all()
+    check_no_foreign_pixels(label_map, shapes, NAMES)
+    check_format(shapes, label_map.shape)
+    assert Counter(s["label"] for s in shapes) == {"a": 3, "b": 1, "c": 1}
+
+
+@pytest.mark.parametrize("dtype", [np.uint16, np.int32, np.int64])
+def test_more_than_256_classes(dtype):
+    names = [f"class {k}" for k in range(301)]
+    label_map = np.zeros((6, 8), dtype)
+    label_map[2:4] = 300
+    label_map[4:] = 256
+    label_map[3, 3] = 299  # one pixel: merged into the layer around it
+    shapes = label_map_to_shapes(label_map, names, tolerance=0, min_area=2)
+    assert [s["label"] for s in shapes] == ["class 256", "class 300"]
+    assert shapely.Polygon(shapes[0]["points"]).equals(shapely.box(0, 4, 8, 6))
+    assert shapely.Polygon(shapes[1]["points"]).equals(shapely.box(0, 2, 8, 4))
+
+
+def test_noise_is_merged_in_rounds():
     rng = np.random.default_rng(0)
     label_map = rng.integers(0, 4, (64, 64))
     sizes = region_sizes(label_map)
-    # far more small regions than the exact one-by-one loop takes
-    assert (1 / sizes[sizes < 10]).sum() > 4 * polygons_module._EXACT_MERGE_LIMIT
+    assert (1 / sizes[sizes < 10]).sum() > 1000  # pure noise: over a thousand small regions
     drawn = rasterize(label_map_to_shapes(label_map, NAMES, tolerance=0, min_area=10), NAMES, label_map.shape)
     assert region_sizes(drawn).min() >= 10
     assert (drawn[sizes >= 10] == label_map[sizes >= 10]).all()
@@ -213,13 +301,13 @@ def test_noise_is_merged_in_vectorised_rounds():
 
 def test_bad_arguments():
     with pytest.raises(ValueError, match="2-D"):
-        label_map_to_shapes(np.zeros((2, 2, 2), int), NAMES)
+        label_map_to_shapes(np.zeros((2, 2, 2), int), NAMES, tolerance=1.0, min_area=25)
     with pytest.raises(ValueError, match="integer"):
-        label_map_to_shapes(np.zeros((2, 2)), NAMES)
+        label_map_to_shapes(np.zeros((2, 2)), NAMES, tolerance=1.0, min_area=25)
     with pytest.raises(ValueError, match="outside 0..5"):
-        label_map_to_shapes(np.full((2, 2), 6), NAMES)
+        label_map_to_shapes(np.full((2, 2), 6), NAMES, tolerance=1.0, min_area=25)
     with pytest.raises(ValueError, match=">= 0"):
-        label_map_to_shapes(np.zeros((2, 2), int), NAMES, tolerance=-1)
+        label_map_to_shapes(np.zeros((2, 2), int), NAMES, tolerance=-1, min_area=25)
 
 
 def test_mask_outline():
@@ -273,7 +361,7 @@ SPLIT_IN_DATA = {
 def test_sample_label_maps(name):
     classes = json.loads((DATA / "classes.json").read_text())["classes"]
     label_map = np.array(Image.open(DATA / name))
-    shapes = label_map_to_shapes(label_map, classes)
+    shapes = label_map_to_shapes(label_map, classes, tolerance=1.0, min_area=25)
     expected = {cls: 1 for cls in classes[1:]} | SPLIT_IN_DATA[name]
     assert Counter(s["label"] for s in shapes) == expected
     check_format(shapes, label_map.shape)
@@ -315,15 +403,41 @@ def test_random_maps_exact(label_map):
     check_tiles_image(label_map, tolerance=0)
 
 
-# merge small regions one by one (the usual path) or in vectorised rounds (noisy maps)
-merge_paths = st.sampled_from([polygons_module._EXACT_MERGE_LIMIT, 1])
+@settings(max_examples=120, deadline=None)
+@given(label_maps())
+def test_regions_match_gdal_polygonize(label_map):
+    """The traced regions, holes included, are the polygons GDAL's polygonize gives (an independent tracer)."""
+    runs = polygons_module._Runs.of_raster(label_map)
+    upper, lower = runs.vertical_pairs
+    region = polygons_module._components(runs, upper, lower, runs.key)
+    ours = polygons_module._trace(runs, region)
+    assert shapely.is_valid(ours).all()
+    values = polygons_module._region_values(runs, region)
+    gdal = [(int(v), shapely.geometry.shape(g))
+            for g, v in rasterio.features.shapes(label_map.astype(np.int32), connectivity=4)]
+
+    def summary(pairs):  # GDAL leaves out vertices on straight edges, so compare shapes, not rings
+        return sorted((c, p.area, p.bounds, len(p.interiors), round(p.length, 9)) for c, p in pairs)
+
+    assert summary(zip(values.tolist(), ours)) == summary(gdal)
+    # holes counted from the runs alone (which regions get cut) agree with the traced rings
+    holes = polygons_module._hole_counts(runs, region)
+    assert holes.tolist() == shapely.get_num_interior_rings(ours).tolist()
+    for value in np.unique(label_map):
+        mine = shapely.union_all(ours[values == value])
+        theirs = shapely.union_all([p for c, p in gdal if c == value])
+        assert mine.symmetric_difference(theirs).area == 0
+
+
+# all movers of a round at once, or one per round (the cap that bounds memory on maps with many classes)
+merge_paths = st.sampled_from([polygons_module._MERGE_TABLE_LIMIT, 1])
 
 
 @settings(max_examples=120, deadline=None)
 @given(label_maps(), st.sampled_from([0.5, 1.0, 2.0, 5.0]), st.sampled_from([0, 3, 8]), merge_paths)
 def test_random_maps_simplified(label_map, tolerance, min_area, merge_limit):
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(polygons_module, "_EXACT_MERGE_LIMIT", merge_limit)
+        patch.setattr(polygons_module, "_MERGE_TABLE_LIMIT", merge_limit)
         shapes = check_tiles_image(label_map, tolerance, min_area)
         with_background = label_map_to_shapes(label_map, NAMES, tolerance=tolerance, min_area=min_area)
     check_format(shapes, label_map.shape)
@@ -335,7 +449,7 @@ def test_random_maps_simplified(label_map, tolerance, min_area, merge_limit):
 @given(label_maps(), st.integers(2, 10), merge_paths)
 def test_random_maps_merge_only_small_regions(label_map, min_area, merge_limit):
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(polygons_module, "_EXACT_MERGE_LIMIT", merge_limit)
+        patch.setattr(polygons_module, "_MERGE_TABLE_LIMIT", merge_limit)
         shapes = label_map_to_shapes(label_map, NAMES, tolerance=0, min_area=min_area)
         check_tiles_image(label_map, tolerance=0, min_area=min_area)
     drawn = rasterize(shapes, NAMES, label_map.shape)
@@ -345,6 +459,17 @@ def test_random_maps_merge_only_small_regions(label_map, min_area, merge_limit):
     # and the small ones are gone, unless the whole image is one small region
     after = region_sizes(drawn)
     assert after.min() >= min_area or after.max() == drawn.size
+
+
+@settings(max_examples=150, deadline=None)
+@given(label_maps(), st.integers(2, 10))
+def test_single_pixels_first_is_only_a_shortcut(label_map, min_area):
+    """Moving one-pixel regions on the runs first gives the same map as the rounds alone."""
+    with_shortcut = label_map_to_shapes(label_map, NAMES, tolerance=0, min_area=min_area)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(polygons_module, "_SPECKS_FIRST", False)
+        without = label_map_to_shapes(label_map, NAMES, tolerance=0, min_area=min_area)
+    assert (rasterize(with_shortcut, NAMES, label_map.shape) == rasterize(without, NAMES, label_map.shape)).all()
 
 
 def region_sizes(label_map):

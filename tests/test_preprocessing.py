@@ -22,8 +22,9 @@ unit = st.floats(0, 1, allow_nan=False)
 
 def test_modes_are_the_two_of_the_spec():
     assert set(PREPROCESS_MODES) == set(MODES)
-    with pytest.raises(ConfigError):
+    with pytest.raises(ConfigError) as info:
         check_mode("resize")
+    assert info.value.option == "preprocess" and "'resize'" in str(info.value)
     with pytest.raises(ConfigError):
         FrameGeometry.for_image(10, 10, size=512, mode="pad")
 

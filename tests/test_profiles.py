@@ -5,7 +5,7 @@ import pytest
 from sam2oct.errors import ConfigError
 from sam2oct.profiles import PROFILES, parse_class_names, resolve_profile
 
-# Copied from the table in the model spec (semantic-sam2.md), not from the code.
+# Copied from the profile table in README.md (the released checkpoints' classes), not from the code.
 MGU = ("background", "RNFL", "GCL", "IPL", "INL", "OPL", "ONL", "IS/OS", "RPE", "Choroid", "Disc")
 NR206 = ("background", "NFL", "GCL+IPL", "INL", "OPL", "ONL", "ELM+IS", "OS", "RPE")
 TABLE = {
@@ -42,6 +42,7 @@ def test_class_count_contradicting_profile(k, name):
     with pytest.raises(ConfigError) as info:
         resolve_profile(k, name)
     assert str(k) in str(info.value) and name in str(info.value)
+    assert info.value.option == "profile"
 
 
 def test_profile_name_is_case_and_space_insensitive():
@@ -50,8 +51,9 @@ def test_profile_name_is_case_and_space_insensitive():
 
 @pytest.mark.parametrize("name", ["mgu2", "nr-206", "glaucoma", "default"])
 def test_unknown_profile(name):
-    with pytest.raises(ConfigError, match=name):
+    with pytest.raises(ConfigError, match=name) as info:
         resolve_profile(9, name)
+    assert info.value.option == "profile"
 
 
 def test_class_name_override():
@@ -72,26 +74,30 @@ def test_class_name_override_with_inferred_profile():
 @pytest.mark.parametrize("names", [",".join(f"c{i}" for i in range(8)), ",".join(f"c{i}" for i in range(10)),
                                    "background"])
 def test_class_name_override_wrong_count(names):
-    with pytest.raises(ConfigError, match="9 classes"):
+    with pytest.raises(ConfigError, match="9 classes") as info:
         resolve_profile(9, "nr206", names)
+    assert info.value.option == "class_names"
 
 
 @pytest.mark.parametrize("names", ["a,,b,c,d,e,f,g,h", "a,b,c,d,e,f,g,h, ", " ,b,c,d,e,f,g,h,i"])
 def test_class_name_override_empty_name(names):
-    with pytest.raises(ConfigError, match="empty"):
+    with pytest.raises(ConfigError, match="empty") as info:
         resolve_profile(9, None, names)
+    assert info.value.option == "class_names"
 
 
 def test_class_name_override_duplicates():
-    with pytest.raises(ConfigError, match="repeats"):
+    with pytest.raises(ConfigError, match="repeats") as info:
         resolve_profile(9, None, "bg,a,b,c,d,e,f,g,a")
+    assert info.value.option == "class_names"
     with pytest.raises(ConfigError):
         parse_class_names("x, x")
 
 
 def test_custom_class_count_needs_names():
-    with pytest.raises(ConfigError, match="SAM2OCT_CLASS_NAMES"):
+    with pytest.raises(ConfigError, match="5 classes") as info:
         resolve_profile(5)
+    assert info.value.option == "class_names"
     p = resolve_profile(5, None, "bg,a,b,c,d")
     assert p.num_classes == 5 and p.class_names == ("bg", "a", "b", "c", "d")
     with pytest.raises(ConfigError):

@@ -11,7 +11,7 @@ import json
 import os
 
 import pytest
-from harness import Worker, b64, banded_image, encode, vm_kib, write_summary
+from harness import Worker, b64, banded_image, cache_mb_for, encode, vm_kib, write_summary
 
 from sam2oct.predictor import EncodedImage
 
@@ -33,8 +33,8 @@ OBJECTS_BOUND = 2000  # growth allowed in the number of live Python objects afte
 
 @pytest.fixture(scope="module")
 def workers():
-    return (Worker(SAM2OCT_CACHE_SIZE=str(CACHE)),
-            Worker(SAM2OCT_CACHE_SIZE=str(CACHE), SAM2OCT_MODE="detector"))
+    return (Worker(SAM2OCT_CACHE_MB=cache_mb_for(CACHE, FRAMES[0])),
+            Worker(SAM2OCT_CACHE_MB=cache_mb_for(CACHE, FRAMES[0], detector=True), SAM2OCT_MODE="detector"))
 
 
 class Soak:

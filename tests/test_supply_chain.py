@@ -71,7 +71,7 @@ def test_pickled_callable_stops_the_function_start(tmp_path):
     assert isinstance(exc, CheckpointError)
     errors = log.lines("error")
     assert len(errors) == 1 and "cannot start" in errors[0] and "refused to load" in errors[0], errors
-    assert f"SAM2_CHECKPOINT={path}" in errors[0]
+    assert "SAM2_CHECKPOINT" in errors[0] and str(path) in errors[0]
     assert not marker.exists()
     REFUSED.append(("pickled callable (init_context)", errors[0]))
 

@@ -9,7 +9,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import nuclio_sdk
 import pytest
-from harness import Worker, b64, banded_image, encode, write_summary
+from harness import Worker, b64, banded_image, cache_mb_for, encode, write_summary
 
 import main
 from sam2oct.errors import RequestError
@@ -60,7 +60,7 @@ def orders(seed, items, rounds=2):
 
 @pytest.mark.parametrize("cache_size", [32, 2])
 def test_concurrent_infer_matches_single_threaded(cache_size):
-    model = Worker(SAM2OCT_CACHE_SIZE=str(cache_size)).model
+    model = Worker(SAM2OCT_CACHE_MB=cache_mb_for(cache_size, FRAMES[0])).model
     predictor = model.predictor
     expected = {q: ask(model, *q) for q in QUESTIONS}
     assert sum(a.startswith("400") for a in expected.values()) == len(FRAMES)  # the far click, per frame
@@ -70,7 +70,7 @@ def test_concurrent_infer_matches_single_threaded(cache_size):
 
     def watch():
         while not stop.is_set():
-            sizes.append(len(predictor.cache))
+            sizes.append(predictor.cache.nbytes)
             stop.wait(0.001)
 
     watcher = threading.Thread(target=watch)
@@ -89,14 +89,16 @@ def test_concurrent_infer_matches_single_threaded(cache_size):
     encodes = predictor.encoder_calls - enc0
     assert hits + misses == len(calls)  # one lookup per request
     assert encodes == misses  # no lost or duplicated encode
-    assert max(sizes) <= cache_size and len(predictor.cache) <= cache_size
+    # bounded in bytes at every moment (a frame refused after its encode holds no memo, so the
+    # entry count may pass cache_size; the bytes may not)
+    assert max(sizes) <= predictor.cache.max_bytes and predictor.cache.nbytes <= predictor.cache.max_bytes
     if cache_size >= len(FRAMES):
         assert encodes == len(FRAMES)  # racing threads waited for the one encode of a frame
     STATS[f"infer, cache {cache_size}"] = (len(calls), hits, misses)
 
 
 def test_concurrent_handler_calls_detector():
-    fn = Worker(SAM2OCT_MODE="detector", SAM2OCT_CACHE_SIZE="8")
+    fn = Worker(SAM2OCT_MODE="detector", SAM2OCT_CACHE_MB=cache_mb_for(8, FRAMES[0], detector=True))
     ctx = fn.context
 
     def call(frame):

@@ -1,0 +1,41 @@
+"""Lower modules speak neutrally: they never name a front door's setting (an environment
+variable, a CLI flag); an error about a setting says which option it concerns through `option`."""
+
+import re
+from pathlib import Path
+
+import pytest
+
+from sam2oct.checkpoint import load_config
+from sam2oct.errors import CheckpointError, ConfigError
+from sam2oct.preprocessing import check_mode
+from sam2oct.profiles import parse_class_names, resolve_profile
+
+LOWER = ["images", "checkpoint", "profiles", "preprocessing", "predictor", "interaction"]
+SAM2OCT = Path(__file__).resolve().parents[1] / "sam2oct"
+# The fields of the pipeline's options, which `option` names.
+OPTIONS = {"checkpoint", "config", "device", "profile", "class_names", "preprocess", "label_style", "precision",
+           "cache_mb", "simplify", "min_area", "max_pixels", "torch_threads"}
+ENV_NAME = re.compile(r"\bSAM2(?:OCT)?_[A-Z_]+")
+
+
+@pytest.mark.parametrize("module", LOWER)
+def test_no_environment_variable_named(module):
+    source = (SAM2OCT / f"{module}.py").read_text()
+    assert ENV_NAME.findall(source) == []
+
+
+@pytest.mark.parametrize("raise_it, option", [
+    (lambda: load_config("configs/nowhere.yaml"), "config"),
+    (lambda: check_mode("stretchy"), "preprocess"),
+    (lambda: resolve_profile(9, "mgu2"), "profile"),
+    (lambda: resolve_profile(9, "mgu"), "profile"),
+    (lambda: resolve_profile(7), "class_names"),
+    (lambda: resolve_profile(9, None, "a,b"), "class_names"),
+    (lambda: parse_class_names("a,,b"), "class_names"),
+])
+def test_setting_errors_name_their_option(raise_it, option):
+    with pytest.raises((ConfigError, CheckpointError)) as info:
+        raise_it()
+    assert info.value.option == option and option in OPTIONS
+    assert not ENV_NAME.search(str(info.value))
