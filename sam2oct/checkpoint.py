@@ -214,11 +214,12 @@ def verify_recorded_checksum(path) -> bool:
 
 
 def load_model(path, config=None, device="cpu") -> SemanticSAM2:
-    """Read, validate and load a SAM2-OCT checkpoint; returns the model in eval mode on `device`."""
+    """Read, validate and load a SAM2-OCT checkpoint; returns the model in eval mode on `device`
+    (None leaves it where it was built, on the CPU, for the caller to place)."""
     verify_recorded_checksum(path)
     sd = read_state_dict(path)
     k = num_classes_of(sd, path)
     model = build_model(k, config)
     check_state_dict(model, sd, path)
     model.load_state_dict(sd, strict=False)
-    return model.to(device).eval()
+    return (model if device is None else model.to(device)).eval()

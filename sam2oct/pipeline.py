@@ -120,10 +120,10 @@ class PipelineOptions:
 
 def resolve_device(name: str) -> torch.device:
     """The torch device for ``name``, proven usable by a small allocation (before any checkpoint work)."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "auto" and not torch.cuda.is_available():
+        return torch.device("cpu")
     try:
-        device = torch.device(name)
+        device = torch.device("cuda" if name == "auto" else name)
     except (RuntimeError, ValueError):
         raise DeviceError(f"{name!r} is not a torch device (auto, cpu, cuda, cuda:N)", option="device") from None
     if device.type == "cpu":
@@ -179,7 +179,7 @@ def _checkpoint_errors(path):
 def load_checkpoint(path, config) -> torch.nn.Module:
     """The model on the CPU, or one CheckpointError that says what is wrong and how to get a good file."""
     with _checkpoint_errors(path):
-        return load_model(path, config, "cpu")
+        return load_model(path, config, None)  # placed on the device by move_to_device
 
 
 def preflight(options: PipelineOptions) -> Profile:
