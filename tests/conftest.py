@@ -19,6 +19,23 @@ def tiny_model():
     return load_model(TINY_CKPT, TINY_CONFIG)
 
 
+@pytest.fixture
+def no_model(monkeypatch):
+    """Fail the test if a model is built or loaded: a user error had to be found before that."""
+    import sam2oct.checkpoint
+    import sam2oct.finetune
+    import sam2oct.pipeline
+
+    def refuse(*args, **kw):
+        raise AssertionError("the model was loaded before the error was found")
+
+    for module in (sam2oct.checkpoint, sam2oct.pipeline, sam2oct.finetune):
+        if hasattr(module, "load_model"):
+            monkeypatch.setattr(module, "load_model", refuse)
+    monkeypatch.setattr(sam2oct.checkpoint, "build_model", refuse)
+    monkeypatch.setattr(sam2oct.pipeline.Pipeline, "__init__", refuse)
+
+
 @pytest.fixture(scope="session")
 def tiny_npz():
     return np.load(PARITY_DIR / "tiny_k9.npz")

@@ -47,18 +47,6 @@ def no_checkpoint_in_env(monkeypatch):
     monkeypatch.delenv("SAM2_CHECKPOINT", raising=False)
 
 
-@pytest.fixture
-def no_model(monkeypatch):
-    """Fail the test if the model is built or loaded: the error had to be found before."""
-    def refuse(*args, **kw):
-        raise AssertionError("the model was loaded before the error was found")
-
-    for module in (sam2oct.checkpoint, sam2oct.pipeline):
-        monkeypatch.setattr(module, "load_model", refuse)
-    monkeypatch.setattr(sam2oct.checkpoint, "build_model", refuse)
-    monkeypatch.setattr(sam2oct.pipeline.Pipeline, "__init__", refuse)
-
-
 @pytest.fixture(scope="module")
 def small_scans(tmp_path_factory):
     folder = tmp_path_factory.mktemp("scans")

@@ -313,20 +313,6 @@ def test_cli_val_fraction_holds_out_whole_volumes(tmp_path, config256):
     assert d["train"]["images"] + d["validation"]["images"] == 12 and d["validation"]["images"] % 4 == 0
 
 
-@pytest.fixture()
-def no_model(monkeypatch):
-    """Fails the test if the model is built: user errors must be found before that."""
-    import sam2oct.checkpoint
-    import sam2oct.finetune
-
-    def refuse(*a, **k):
-        raise AssertionError("the model was loaded before the user error was reported")
-
-    for module in (sam2oct.checkpoint, sam2oct.finetune):
-        monkeypatch.setattr(module, "load_model", refuse)
-    monkeypatch.setattr(sam2oct.checkpoint, "build_model", refuse)
-
-
 @pytest.mark.parametrize("args, fragment", [
     (["--steps", "0"], "--steps: must be at least 1"),
     (["--batch", "0"], "--batch: must be at least 1"),
