@@ -1,7 +1,8 @@
-"""Command line: segment a B-scan, download or slim a checkpoint.
+"""Command line: segment B-scans, score and fine-tune a checkpoint, download or slim one.
 
     python -m sam2oct download nr206                      # once: models/nr206/...
     python -m sam2oct segment IMAGE... --json out.json --overlay out.png
+    python -m sam2oct evaluate DATA --checkpoint CK [--preprocess both] --json REPORT
     python -m sam2oct convert IN OUT
     python -m sam2oct finetune DATA --checkpoint BASE --out OUT.pt [--val DATA2 | --val-fraction F]
 
