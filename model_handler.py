@@ -66,10 +66,9 @@ class ModelHandler:
         serialised once, and the interactor's mask crop straight from its array."""
         if self.settings.mode == "detector":
             return json.dumps(self.infer(body))
-        result, mask, encoded = self._interaction(self._interactor_request(body))
-        x1, y1, x2, y2 = result["bounds"]
+        result, encoded = self._interaction(self._interactor_request(body))
         shapes = self._shapes_json(result["shapes"], self.pipeline.cached_shapes(encoded))
-        texts = {"mask": _mask_json(mask[y1:y2 + 1, x1:x2 + 1]), "shapes": shapes}
+        texts = {"mask": _mask_json(result["mask"]), "shapes": shapes}
         text = json.dumps({**result, **{key: f"{_SLOT}-{key}" for key in texts}})
         for key, value in texts.items():  # mask and bounds come first: the first match is the slot
             text = text.replace(json.dumps(f"{_SLOT}-{key}"), value, 1)
@@ -88,10 +87,12 @@ class ModelHandler:
         return "[" + ", ".join(texts.get(id(shape)) or json.dumps(shape) for shape in shapes) + "]"
 
     def interact(self, req: cvat.InteractorRequest) -> dict:
-        return self._interaction(req)[0]
+        result, _ = self._interaction(req)
+        result["mask"] = result["mask"].astype(np.uint8).tolist()
+        return result
 
     def _interaction(self, req: cvat.InteractorRequest):
-        """The reply, the picked [H, W] mask it was made from, and the encoded frame."""
+        """The reply (its ``mask`` still the bool crop array, written by the caller) and the encoded frame."""
         p = self.pipeline
         encoded = p.encode_file(req.image)
         h, w = encoded.geometry.height, encoded.geometry.width
@@ -102,7 +103,7 @@ class ModelHandler:
         picked = p.interact(encoded, pos, neg, bbox, brush, shapes=True)
         if not picked.mask.any():
             raise RequestError(f"no retinal layer picked: {picked.reason}", status=422)
-        crop, bounds = masks.to_interactor_crop(picked.mask)
+        crop, bounds = masks.crop_to_box(picked.mask)
         result = {
             "mask": crop,
             "bounds": bounds,
@@ -119,7 +120,7 @@ class ModelHandler:
             result["snapped_clicks"] = picked.snapped_clicks
         if req.threshold is not None:
             result["threshold"] = "ignored: every pixel takes the model's most likely class"
-        return result, picked.mask, encoded
+        return result, encoded
 
     def _brush_mask(self, i, name, rle, h, w):
         if name not in self.pipeline.label_index:

@@ -18,12 +18,12 @@ import numpy as np
 
 from sam2oct.errors import RequestError
 
-__all__ = ["to_interactor_crop", "to_detector_mask", "rle_to_mask"]
+__all__ = ["crop_to_box", "to_interactor_crop", "to_detector_mask", "rle_to_mask"]
 
 
 def to_interactor_crop(mask):
     """Interactor reply ``mask`` and ``bounds``: ``([[0/1, ...], ...], [xtl, ytl, xbr, ybr])``, the crop of the box."""
-    crop, box = _crop(mask)
+    crop, box = crop_to_box(mask)
     return crop.astype(np.uint8).tolist(), box
 
 
@@ -31,7 +31,7 @@ def to_detector_mask(mask, offset=(0, 0)):
     """Detector ``mask`` field: the box's 0/255 bitmap, row-major and flattened, then ``[xtl, ytl, xbr, ybr]``.
 
     ``offset`` (x, y) places a mask that is itself a crop of the frame at that corner."""
-    crop, (x1, y1, x2, y2) = _crop(mask)
+    crop, (x1, y1, x2, y2) = crop_to_box(mask)
     dx, dy = (int(v) for v in offset)
     return (crop.astype(np.uint8) * 255).ravel().tolist() + [x1 + dx, y1 + dy, x2 + dx, y2 + dy]
 
@@ -71,7 +71,7 @@ def rle_to_mask(points, height, width):
     return bitmap
 
 
-def _crop(mask):
+def crop_to_box(mask):
     """The set pixels' bounding box crop (bool) and its inclusive ``[xtl, ytl, xbr, ybr]``."""
     mask = np.asarray(mask)
     if mask.ndim != 2:
