@@ -224,12 +224,6 @@ class Region:
     offset: tuple  # (x, y) of the crop in the frame
     score: float  # mean probability of its class over its pixels
 
-    def full_mask(self, height: int, width: int) -> np.ndarray:
-        full = np.zeros((height, width), dtype=bool)
-        x, y = self.offset
-        full[y:y + self.mask.shape[0], x:x + self.mask.shape[1]] = self.mask
-        return full
-
 
 # A kept grey frame is at most this large (4 Mpx), so the recent files hold 64 MiB at most.
 _RECENT_FILE_BYTES = 16 << 20
@@ -298,17 +292,8 @@ class Pipeline:
         self._recent_files = _SmallLRU(4)  # image file digest -> its grey frame
 
     @property
-    def device(self) -> torch.device:
-        return self.predictor.device
-
-    @property
     def num_classes(self) -> int:
         return self.profile.num_classes
-
-    @property
-    def layer_labels(self) -> list:
-        """Reply names of the layers (background excluded), in channel order."""
-        return self.labels[1:]
 
     # --- image to features ---------------------------------------------------------------
 
