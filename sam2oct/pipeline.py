@@ -224,6 +224,12 @@ class Region:
     offset: tuple  # (x, y) of the crop in the frame
     score: float  # mean probability of its class over its pixels
 
+    def full_mask(self, height: int, width: int) -> np.ndarray:
+        full = np.zeros((height, width), dtype=bool)
+        x, y = self.offset
+        full[y:y + self.mask.shape[0], x:x + self.mask.shape[1]] = self.mask
+        return full
+
 
 # A kept grey frame is at most this large (4 Mpx), so the recent files hold 64 MiB at most.
 _RECENT_FILE_BYTES = 16 << 20
