@@ -1,0 +1,1 @@
+"""The model: network, checkpoints, the predictor and its encoder runtimes."""
