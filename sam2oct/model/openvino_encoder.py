@@ -20,6 +20,7 @@ import json
 import logging
 import os
 import threading
+import warnings
 from importlib import metadata
 from pathlib import Path
 
@@ -221,18 +222,26 @@ class OpenVINOEncoder:
         return ov_model
 
     def _convert(self, model):
-        """Trace encode_image at batch 1 with the batch dimension left dynamic."""
+        """Trace encode_image at batch 1, convert, and leave the batch dimension dynamic."""
         s = self.image_size
         log.info("converting the image encoder to OpenVINO (once per checkpoint; about a minute for Hiera B+)")
         was_training = model.training
         model.eval()
         try:
-            with torch.no_grad():
-                ov_model = self.ov.convert_model(
-                    _EncoderGraph(model), example_input=torch.zeros(1, 3, s, s),
-                    input=[self.ov.PartialShape([-1, 3, s, s])])
+            with torch.no_grad(), warnings.catch_warnings():
+                # Hiera's padding tests on the (fixed) image size are traced as constants: right.
+                warnings.simplefilter("ignore", torch.jit.TracerWarning)
+                # torch 2.13 deprecates jit.trace; torch.export converts too, but twice as slowly
+                # here, and leaves the image size dynamic.
+                warnings.simplefilter("ignore", DeprecationWarning)
+                example = torch.zeros(1, 3, s, s)
+                # Traced here without torch's trace check (which runs the model twice more): the
+                # test suite holds the converted features to PyTorch's instead.
+                traced = torch.jit.trace(_EncoderGraph(model), example, check_trace=False)
+                ov_model = self.ov.convert_model(traced, example_input=example)
         finally:
             model.train(was_training)
+        ov_model.reshape({ov_model.inputs[0]: self.ov.PartialShape([-1, 3, s, s])})
         return ov_model
 
     def __call__(self, x: torch.Tensor) -> ImageFeatures:
