@@ -18,17 +18,17 @@ import pytest
 import torch
 from PIL import Image
 
-import sam2oct.checkpoint
-import sam2oct.hub
-import sam2oct.pipeline
+import sam2oct.model.checkpoint
+import sam2oct.model.hub
+import sam2oct.pipeline.pipeline
 from conftest import ROOT, TINY_CKPT, TINY_CONFIG
 from sam2oct import cli
-from sam2oct.checkpoint import build_model, load_model
+from sam2oct.model.checkpoint import build_model, load_model
 from sam2oct.errors import CheckpointError
-from sam2oct.hub import stored_checkpoint, stored_key
-from sam2oct.pipeline import OPTION_HELP, PipelineOptions
-from sam2oct.polygons import label_map_to_shapes
-from sam2oct.predictor import SemanticPredictor
+from sam2oct.model.hub import stored_checkpoint, stored_key
+from sam2oct.pipeline.pipeline import OPTION_HELP, PipelineOptions
+from sam2oct.geometry.polygons import label_map_to_shapes
+from sam2oct.model.predictor import SemanticPredictor
 
 NR206 = ["background", "NFL", "GCL+IPL", "INL", "OPL", "ONL", "ELM+IS", "OS", "RPE"]
 SYNTH = ROOT / "tests" / "data" / "bscan_768x496_s1.png"
@@ -380,7 +380,7 @@ def test_download_arguments_reach_the_hub_module(monkeypatch, tmp_path, capsys):
         calls.append((profile, models_dir, revision))
         return Path(models_dir) / profile / "weights.pt"
 
-    monkeypatch.setattr(sam2oct.hub, "download", fake_download)
+    monkeypatch.setattr(sam2oct.model.hub, "download", fake_download)
     assert cli.main(["download", "nr206", "--models-dir", str(tmp_path)]) == 0
     assert cli.main(["download", "mgu_prompted", "--revision", "abc123"]) == 0
     assert calls == [("nr206", str(tmp_path), None), ("mgu_prompted", "models", "abc123")]

@@ -14,10 +14,10 @@ from PIL import Image
 
 from conftest import DATA, ROOT, TINY_CKPT, TINY_CONFIG
 from sam2oct import cli
-from sam2oct.datasets import Dataset, Sample, rasterize
-from sam2oct.evaluate import compare, format_table, score
-from sam2oct.polygons import label_map_to_shapes
-from sam2oct.profiles import NR206_CLASSES
+from sam2oct.data.datasets import Dataset, Sample, rasterize
+from sam2oct.evaluation.evaluate import compare, format_table, score
+from sam2oct.geometry.polygons import label_map_to_shapes
+from sam2oct.model.profiles import NR206_CLASSES
 from test_datasets import cvat_xml, polygon_xml, write_zip
 
 EXPORT = DATA / "cvat-export" / "synthetic_cvat_for_images_1.1.zip"

@@ -14,8 +14,8 @@ from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 from PIL import Image
 
-from sam2oct import polygons as polygons_module
-from sam2oct.polygons import flatten_points, label_map_to_shapes, mask_outline, rasterize_shapes
+from sam2oct.geometry import polygons as polygons_module
+from sam2oct.geometry.polygons import flatten_points, label_map_to_shapes, mask_outline, rasterize_shapes
 
 DATA = Path(__file__).parent / "data" / "synthetic"
 NAMES = ["background", "a", "b", "c", "d", "e"]

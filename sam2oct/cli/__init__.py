@@ -6,7 +6,7 @@
     python -m sam2oct convert IN OUT
     python -m sam2oct finetune DATA --checkpoint BASE --out OUT.pt [--val DATA2 | --val-fraction F]
 
-A thin front door over sam2oct.pipeline: flags become ``PipelineOptions`` (their defaults and
+A thin front door over sam2oct.pipeline.pipeline: flags become ``PipelineOptions`` (their defaults and
 help come from there), and every user error is found before the model loads and said in one
 line, ``error: --flag: what is wrong``, with exit status 2.
 
@@ -31,10 +31,10 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from sam2oct.errors import ConfigError, RequestError, Sam2OctError, describe
-from sam2oct.pipeline import LABEL_STYLES, OPTION_HELP, PRECISIONS, PipelineOptions
-from sam2oct.preprocessing import PREPROCESS_MODES
-from sam2oct.profiles import PROFILES
-from sam2oct.settings import OPTION_ENV
+from sam2oct.pipeline.pipeline import LABEL_STYLES, OPTION_HELP, PRECISIONS, PipelineOptions
+from sam2oct.model.preprocessing import PREPROCESS_MODES
+from sam2oct.model.profiles import PROFILES
+from sam2oct.serving.settings import OPTION_ENV
 
 # pipeline option -> its flag
 OPTION_FLAGS = {
@@ -128,7 +128,7 @@ def with_checkpoint(args, options: PipelineOptions) -> PipelineOptions:
         args.option_names = {"checkpoint": _CHECKPOINT_ENV}  # its errors name where it came from
         print(f"using checkpoint {from_env} (${_CHECKPOINT_ENV})", file=sys.stderr)
         return replace(options, checkpoint=from_env)
-    from sam2oct.hub import stored_checkpoint
+    from sam2oct.model.hub import stored_checkpoint
 
     path, profile = stored_checkpoint(getattr(args, "models_dir", "models"), options.profile or None)
     print(f"using checkpoint {path} (downloaded, profile {profile})", file=sys.stderr)
@@ -159,7 +159,7 @@ def render_overlay(gray: np.ndarray, label_map: np.ndarray, shapes: list, class_
 
 def read_image_file(path, max_pixels: int) -> np.ndarray:
     """The grey B-scan in a file, or an error that names the file."""
-    from sam2oct.images import read_image
+    from sam2oct.geometry.images import read_image
 
     path = Path(path)
     try:
@@ -244,7 +244,7 @@ def _write(option: str, write, path) -> None:
 
 
 def _segment(args) -> int:
-    from sam2oct.pipeline import Pipeline, preflight
+    from sam2oct.pipeline.pipeline import Pipeline, preflight
 
     # Each image is encoded once and decoded from its own features: no feature cache.
     options = option_values(args, cache_mb=0)
@@ -285,7 +285,7 @@ def _segment(args) -> int:
 # --- download, convert ----------------------------------------------------------------------------
 
 def _download(args) -> int:
-    from sam2oct.hub import download
+    from sam2oct.model.hub import download
 
     path = download(args.profile, args.models_dir, args.revision)
     print(f"saved {path}\nuse it with: python -m sam2oct segment IMAGE   (it finds {path} in "
@@ -294,7 +294,7 @@ def _download(args) -> int:
 
 
 def _convert(args) -> int:
-    from sam2oct.hub import convert
+    from sam2oct.model.hub import convert
 
     info = convert(args.src, args.dst, args.config)
     print(f"wrote {args.dst}: {info['tensors']} tensors, K={info['num_classes']}, {info['bytes'] / 2**20:.1f} MiB")
@@ -376,9 +376,9 @@ def main(argv=None) -> int:
 
 
 def _evaluate(args) -> int:
-    from sam2oct.datasets import DatasetError, load_dataset
-    from sam2oct.evaluate import compare, format_table, score
-    from sam2oct.pipeline import preflight
+    from sam2oct.data.datasets import DatasetError, load_dataset
+    from sam2oct.evaluation.evaluate import compare, format_table, score
+    from sam2oct.pipeline.pipeline import preflight
 
     if not Path(args.data).exists():
         raise DatasetError(f"dataset not found: {args.data}")
@@ -409,7 +409,7 @@ def _evaluate(args) -> int:
 
 def _label_map_predictors(options, modes) -> dict:
     """{preprocessing: grey frame -> label map}, one model shared by all."""
-    from sam2oct.pipeline import Pipeline
+    from sam2oct.pipeline.pipeline import Pipeline
 
     first = Pipeline(replace(options, preprocess=modes[0]))
     pipelines = [first] + [Pipeline(replace(options, preprocess=m), model=first.predictor.model) for m in modes[1:]]
@@ -420,9 +420,9 @@ def _label_map_predictors(options, modes) -> dict:
 
 def _finetune(args) -> int:
     """Every user error is found before the model is built: options, paths, device, classes, data."""
-    from sam2oct.datasets import load_dataset, split_by_volume
-    from sam2oct.finetune import FinetuneOptions, check_options, run
-    from sam2oct.pipeline import preflight, resolve_device
+    from sam2oct.data.datasets import load_dataset, split_by_volume
+    from sam2oct.training.finetune import FinetuneOptions, check_options, run
+    from sam2oct.pipeline.pipeline import preflight, resolve_device
 
     args.option_names = {**getattr(args, "option_names", {}), **{
         name: "--" + name.replace("_", "-") for name in (

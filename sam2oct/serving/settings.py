@@ -9,7 +9,7 @@ import os
 from dataclasses import MISSING, dataclass, fields
 
 from sam2oct.errors import ConfigError, Sam2OctError, describe
-from sam2oct.pipeline import OPTION_HELP, PipelineOptions
+from sam2oct.pipeline.pipeline import OPTION_HELP, PipelineOptions
 
 # pipeline option -> the environment variable that sets it
 OPTION_ENV = {

@@ -4,7 +4,7 @@ Three layouts are recognised, in a zip or an unpacked folder (format detected fr
 
 - "CVAT for images 1.1" (task or project export): ``annotations.xml`` + ``images/``. Polygons
   and masks are painted by ascending ``z_order``, then document order; a polygon holds the pixels
-  whose centre lies inside it (the inverse of :func:`sam2oct.polygons.label_map_to_shapes`).
+  whose centre lies inside it (the inverse of :func:`sam2oct.geometry.polygons.label_map_to_shapes`).
 - "Segmentation mask 1.1": ``labelmap.txt`` + ``SegmentationClass/*.png`` (+ ``JPEGImages/``).
 - plain: ``images/`` + ``labels/`` PNGs of class indices with the same stem
   (optional ``classes.json`` naming the indices).
@@ -33,8 +33,8 @@ from PIL import Image
 from rasterio.errors import NotGeoreferencedWarning
 
 from sam2oct.errors import RequestError, Sam2OctError
-from sam2oct.images import DEFAULT_MAX_PIXELS, read_image
-from sam2oct.masks import rle_to_mask
+from sam2oct.geometry.images import DEFAULT_MAX_PIXELS, read_image
+from sam2oct.geometry.masks import rle_to_mask
 
 warnings.filterwarnings("ignore", category=NotGeoreferencedWarning)
 
@@ -61,7 +61,7 @@ class DatasetError(Sam2OctError):
 @dataclass
 class Sample:
     name: str  # file name as in the export: the path inside images/ (or JPEGImages/)
-    gray: np.ndarray  # float32 [H, W] in [0, 1], read by sam2oct.images.read_image
+    gray: np.ndarray  # float32 [H, W] in [0, 1], read by sam2oct.geometry.images.read_image
     labels: np.ndarray  # [H, W] class indices: uint8, uint16 with more than 256 classes
     volume: str | None  # volume/series id when the file name shows one, else None
 

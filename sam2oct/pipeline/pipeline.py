@@ -23,14 +23,14 @@ import torch
 from PIL import Image
 from scipy import ndimage
 
-from sam2oct import polygons
-from sam2oct.checkpoint import DEFAULT_CONFIG, load_config, load_model, num_classes_of, read_state_dict
+from sam2oct.geometry import polygons
+from sam2oct.model.checkpoint import DEFAULT_CONFIG, load_config, load_model, num_classes_of, read_state_dict
 from sam2oct.errors import CheckpointError, ConfigError, DeviceError, RequestError, Sam2OctError
-from sam2oct.images import DEFAULT_MAX_PIXELS, gray_from_pil, read_image
-from sam2oct.interaction import select
-from sam2oct.predictor import EncodedImage, Prediction, SemanticPredictor
-from sam2oct.preprocessing import PREPROCESS_MODES
-from sam2oct.profiles import PROFILES, Profile, parse_class_names, resolve_profile
+from sam2oct.geometry.images import DEFAULT_MAX_PIXELS, gray_from_pil, read_image
+from sam2oct.geometry.interaction import select
+from sam2oct.model.predictor import EncodedImage, Prediction, SemanticPredictor
+from sam2oct.model.preprocessing import PREPROCESS_MODES
+from sam2oct.model.profiles import PROFILES, Profile, parse_class_names, resolve_profile
 
 DOWNLOAD_HINT = "download one with: python -m sam2oct download nr206   (or mgu, mgu_prompted)"
 LABEL_STYLES = ("names", "index")
