@@ -10,7 +10,8 @@ from sam2oct.geometry import masks, polygons
 from sam2oct.serving import cvat_request
 from sam2oct.errors import RequestError, Sam2OctError, describe
 from sam2oct.pipeline.pipeline import Pipeline
-from sam2oct.serving.settings import OPTION_ENV, Settings
+from sam2oct.pipeline.options import OPTION_ENV
+from sam2oct.serving.settings import Settings
 
 log = logging.getLogger("sam2oct")
 

@@ -185,7 +185,7 @@ def main_(argv=None):
     # Where the time goes: the same clicks again, with the stages timed.
     stages = Stages()
     model = worker.context.user_data.model
-    stages.wrap(cvat, "parse_interactor", "request: JSON + base64")
+    stages.wrap(cvat_request, "parse_interactor", "request: JSON + base64")
     stages.wrap(type(p), "read_image", "image decode (PNG)")
     stages.wrap(type(p), "encode", "encode: pixel digest + cache hit")
     stages.wrap(type(p), "encode_file", "frame: digests + cache hit")

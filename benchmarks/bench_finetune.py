@@ -61,7 +61,7 @@ def mean_sd(values) -> str:
 
 def speed_one(config: str, mode: str, steps: int, threads: int) -> dict:
     """Runs in a child process: time `steps` steps after one warm-up step; peak RSS of the process."""
-    from sam2oct.data.datasets import Sample
+    from sam2oct.data.samples import Sample
 
     torch.set_num_threads(threads)
     model = load_model(TINY_CKPT, config) if config != "b+" else build_model(9).eval()
@@ -105,7 +105,7 @@ def bench_speed(args, folder):
 # --- 2. synthetic scanner shift --------------------------------------------------------------------
 
 def _set(n, scanner, seed, tag):
-    from sam2oct.data.datasets import Dataset, Sample
+    from sam2oct.data.samples import Dataset, Sample
     from sam2oct.model.profiles import NR206_CLASSES
 
     items = synthetic_set(n, 192, 256, scanner, seed)

@@ -5,7 +5,7 @@
         -p kind=str:interactor -p checkpoint=str:PATH          (then: function run-agent ID, same -p)
 
 cvat-cli imports this module and calls :func:`create` with the ``-p`` parameters: ``kind``
-(detector, interactor or tracker) and every :class:`~sam2oct.pipeline.pipeline.PipelineOptions` field.
+(detector, interactor or tracker) and every :class:`~sam2oct.pipeline.options.PipelineOptions` field.
 Everything else is the pipeline's; this module only translates between cvat-sdk's types and it.
 """
 
@@ -23,8 +23,8 @@ from cvat_sdk.masks import decode_mask, encode_mask
 from sam2oct.geometry import polygons
 from sam2oct.serving import cvat_request
 from sam2oct.errors import ConfigError, RequestError, Sam2OctError, describe
-from sam2oct.pipeline.pipeline import OPTION_HELP, Pipeline, PipelineOptions
-from sam2oct.serving.settings import OPTION_ENV
+from sam2oct.pipeline.options import OPTION_ENV, OPTION_HELP, PipelineOptions
+from sam2oct.pipeline.pipeline import Pipeline
 
 try:
     # cvat-cli shows the message of these exception types and hides others: the agent answers

@@ -23,13 +23,14 @@ def tiny_model():
 def no_model(monkeypatch):
     """Fail the test if a model is built or loaded: a user error had to be found before that."""
     import sam2oct.model.checkpoint
-    import sam2oct.training.finetune
+    import sam2oct.model.loading
     import sam2oct.pipeline.pipeline
+    import sam2oct.training.finetune
 
     def refuse(*args, **kw):
         raise AssertionError("the model was loaded before the error was found")
 
-    for module in (sam2oct.model.checkpoint, sam2oct.pipeline.pipeline, sam2oct.training.finetune):
+    for module in (sam2oct.model.checkpoint, sam2oct.model.loading, sam2oct.training.finetune):
         if hasattr(module, "load_model"):
             monkeypatch.setattr(module, "load_model", refuse)
     monkeypatch.setattr(sam2oct.model.checkpoint, "build_model", refuse)

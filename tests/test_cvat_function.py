@@ -284,7 +284,7 @@ def test_docs_list_every_parameter():
 def test_parameters_are_the_pipeline_options():
     from dataclasses import fields
 
-    from sam2oct.pipeline.pipeline import PipelineOptions
+    from sam2oct.pipeline.options import PipelineOptions
     assert list(cvat_function.PARAMETERS) == ["kind"] + [f.name for f in fields(PipelineOptions)]
 
 

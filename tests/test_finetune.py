@@ -22,7 +22,8 @@ from PIL import Image
 from sam2oct import cli
 from sam2oct.training.augment import AugmentOptions, augment
 from sam2oct.model.checkpoint import load_model, read_state_dict, sha256_of
-from sam2oct.data.datasets import Sample, load_dataset
+from sam2oct.data.datasets import load_dataset
+from sam2oct.data.samples import Sample
 from sam2oct.evaluation.evaluate import score
 from sam2oct.training.finetune import FinetuneOptions, prepare_model, save_checkpoint, train
 from sam2oct.training.losses import argmax_iou, total_loss

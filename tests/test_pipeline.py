@@ -10,7 +10,8 @@ from harness import start_failure, Worker
 from sam2oct.model.checkpoint import build_model
 from sam2oct.errors import CheckpointError, DeviceError
 from sam2oct.model.modeling.semantic_sam2 import SemanticSAM2
-from sam2oct.pipeline.pipeline import PipelineOptions, resolve_device
+from sam2oct.model.device import resolve_device
+from sam2oct.pipeline.options import PipelineOptions
 
 
 @pytest.fixture

@@ -6,7 +6,7 @@ import pytest
 
 from conftest import ROOT
 from sam2oct.errors import ConfigError
-from sam2oct.pipeline.pipeline import PipelineOptions
+from sam2oct.pipeline.options import PipelineOptions
 from sam2oct.serving.settings import ENV_VARS, OPTION_ENV, Settings
 
 
