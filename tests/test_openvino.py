@@ -18,13 +18,13 @@ import torch
 from conftest import DATA, ROOT, TINY_CKPT, TINY_CONFIG
 from PIL import Image
 
-from sam2oct.checkpoint import load_model
+from sam2oct.model.checkpoint import load_model
 from sam2oct.errors import ConfigError
 from sam2oct.model import cpu_features
 from sam2oct.model import openvino_encoder as ove
 from sam2oct.model.encoder_cache import MANIFEST, EntryCache
 from sam2oct.model.openvino_encoder import OpenVINOEncoder, default_cache_dir, encoder_key
-from sam2oct.preprocessing import FrameGeometry, model_input
+from sam2oct.model.preprocessing import FrameGeometry, model_input
 
 SPECTRALIS = sorted((DATA / "spectralis").glob("*_bscan_u8.png"))
 
@@ -196,7 +196,7 @@ def test_corrupt_compiled_model_is_rebuilt(built, tmp_path, no_convert):
 _BUILDER = textwrap.dedent("""
     import json, sys, time
     from pathlib import Path
-    from sam2oct.checkpoint import load_model
+    from sam2oct.model.checkpoint import load_model
     from sam2oct.model.openvino_encoder import OpenVINOEncoder
     ckpt, cfg, cache, go = sys.argv[1:5]
     model = load_model(ckpt, cfg)
@@ -311,12 +311,11 @@ def test_unwritable_cache_still_encodes(small_model, tmp_path, monkeypatch):
     assert rel_err(enc(x).image_embed, ref.image_embed) < 1e-4
 
 
-def test_default_cache_dir_is_beside_the_hub_cache(monkeypatch, tmp_path):
-    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
-    assert default_cache_dir() == tmp_path / "hf" / "sam2oct-openvino"
-    monkeypatch.delenv("HF_HOME")
-    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
-    assert default_cache_dir() == tmp_path / "xdg" / "huggingface" / "sam2oct-openvino"
+def test_default_cache_dir_is_beside_the_hub_cache():
+    from huggingface_hub import constants
+
+    assert default_cache_dir() == Path(constants.HF_HOME) / "sam2oct-openvino"
+    assert default_cache_dir().parent == Path(constants.HF_HOME)
 
 
 # --- bf16 and the CPU's flags -----------------------------------------------------------------------
@@ -356,4 +355,4 @@ def test_missing_openvino_is_a_clear_error(monkeypatch, small_model, tmp_path):
     assert not ove.openvino_available()
     with pytest.raises(ConfigError) as err:
         OpenVINOEncoder(model, "fp32", cache_dir=tmp_path)
-    assert err.value.option == "runtime" and "pip install openvino" in str(err.value)
+    assert err.value.option == "runtime" and "requirements-cpu.txt" in str(err.value)

@@ -5,7 +5,7 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
-from sam2oct.cli.flags import MODEL_OPTIONS, add_option_flags, options_from_args
+from sam2oct.cli.flags import MODEL_OPTIONS, RUNTIME_OPTIONS, add_option_flags, options_from_args
 from sam2oct.model.preprocessing import PREPROCESS_MODES
 from sam2oct.pipeline.options import OPTION_HELP
 
@@ -33,8 +33,9 @@ def run(args) -> int:
     def progress(i, n, sample, mode=None):
         print(f"[{i}/{n}] {sample.name}" + (f" ({mode})" if mode else ""), file=sys.stderr)
 
-    reports = {mode: score(dataset, predict, lambda *a, m=mode: progress(*a, m if len(modes) > 1 else None))
-               for mode, predict in predictors.items()}
+    reports = {mode: score(dataset, progress=lambda *a, m=mode: progress(*a, m if len(modes) > 1 else None),
+                           predict_many=predict_many, batch=options.encode_batch)
+               for mode, predict_many in predictors.items()}
     report = compare(reports) if len(reports) > 1 else {"preprocess": modes[0], **reports[modes[0]]}
     report["source"], report["skipped"] = dataset.source, dataset.skipped
     print(format_table(report))
@@ -44,12 +45,14 @@ def run(args) -> int:
 
 
 def _label_map_predictors(options, modes) -> dict:
-    """{preprocessing: grey frame -> label map}, one model shared by all."""
+    """{preprocessing: grey frames -> their label maps}, one model (and encoder) shared by all."""
     from sam2oct.pipeline.pipeline import Pipeline
 
     first = Pipeline(replace(options, preprocess=modes[0]))
-    pipelines = [first] + [Pipeline(replace(options, preprocess=m), model=first.predictor.model) for m in modes[1:]]
-    return {m: (lambda gray, p=p: p.predict(p.encode(gray)).label_map) for m, p in zip(modes, pipelines)}
+    pipelines = [first] + [Pipeline(replace(options, preprocess=m), model=first.predictor.model,
+                                    encoder=first.predictor.encoder) for m in modes[1:]]
+    return {m: (lambda grays, p=p: [p.predict(e).label_map for e in p.encode_batch(grays)])
+            for m, p in zip(modes, pipelines)}
 
 
 
@@ -59,7 +62,7 @@ def add_parser(sub) -> None:
     ev.add_argument("data", metavar="DATA",
                     help="CVAT export (zip or folder: 'CVAT for images 1.1', 'Segmentation mask 1.1') "
                          "or a folder with images/ and labels/")
-    add_option_flags(ev, MODEL_OPTIONS + ("max_pixels",), preprocess={
+    add_option_flags(ev, MODEL_OPTIONS + ("max_pixels",) + RUNTIME_OPTIONS, preprocess={
         "choices": list(PREPROCESS_MODES) + ["both"],
         "help": OPTION_HELP["preprocess"] + "; 'both' scores the two side by side"})
     ev.add_argument("--json", help="write the full report here (per class, per image)")

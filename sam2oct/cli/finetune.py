@@ -5,7 +5,7 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
-from sam2oct.cli.flags import MODEL_OPTIONS, add_option_flags, options_from_args
+from sam2oct.cli.flags import MODEL_OPTIONS, RUNTIME_OPTIONS, add_option_flags, options_from_args
 from sam2oct.cli.paths import check_destination, write_output
 from sam2oct.errors import ConfigError
 
@@ -59,7 +59,8 @@ def run(args) -> int:
     try:
         report = run(train_set, val_set, options.checkpoint, out, config=options.config,
                      class_names=profile.class_names, options=tuning, device=str(device), data=data,
-                     progress=sys.stderr.isatty())
+                     progress=sys.stderr.isatty(), runtime=options.runtime, precision=options.precision,
+                     ov_cache_dir=options.ov_cache_dir, encode_batch=options.encode_batch)
     except KeyboardInterrupt:
         print(f"error: interrupted; {out} was not written", file=sys.stderr)
         return 130
@@ -90,7 +91,7 @@ def add_parser(sub) -> None:
     ft.add_argument("data", metavar="DATA", help="training B-scans: a CVAT export ('CVAT for images 1.1' or "
                     "'Segmentation mask 1.1', zip or folder) or a folder with images/ and labels/")
     ft.add_argument("--out", required=True, metavar="FILE", help="write the fine-tuned checkpoint here")
-    add_option_flags(ft, MODEL_OPTIONS + ("max_pixels",), class_names={
+    add_option_flags(ft, MODEL_OPTIONS + ("max_pixels",) + RUNTIME_OPTIONS, class_names={
         "help": "comma-separated names of all K channels in channel order, as for segment and the function"})
     ft.add_argument("--mode", choices=["lora", "decoder", "full"], default="lora",
                     help="lora: adapters + class heads; decoder: frozen, cached encoder; full: all (default: %(default)s)")

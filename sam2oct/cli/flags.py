@@ -17,7 +17,10 @@ from sam2oct.pipeline.options import (OPTION_CHOICES, OPTION_DEFAULTS, OPTION_EN
 OPTION_NAMES = {**OPTION_FLAGS, "models_dir": "--models-dir", "json": "--json", "overlay": "--overlay"}
 # The flags of every command that runs the model (segment, evaluate, finetune).
 MODEL_OPTIONS = ("checkpoint", "config", "profile", "class_names", "preprocess", "device")
-SEGMENT_OPTIONS = MODEL_OPTIONS + ("label_style", "precision", "simplify", "min_area", "max_pixels", "torch_threads")
+# What encodes, how (the openvino encoder's cache) and how many B-scans to one encoder call.
+RUNTIME_OPTIONS = ("runtime", "precision", "ov_cache_dir", "encode_batch")
+SEGMENT_OPTIONS = MODEL_OPTIONS + ("label_style", "precision", "simplify", "min_area", "max_pixels", "torch_threads",
+                                   "runtime", "ov_cache_dir", "encode_batch")
 
 CHECKPOINT_ENV = OPTION_ENV["checkpoint"]
 _CHECKPOINT_HELP = (f" (default: ${CHECKPOINT_ENV}, else the checkpoint `python -m sam2oct download` "

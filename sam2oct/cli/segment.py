@@ -26,20 +26,23 @@ def run(args) -> int:
         print(f"warning: {OPTION_NAMES.get(option, option)}: {message}", file=sys.stderr)
     labels = pipeline.labels
     results = []
-    for path, overlay in zip(args.images, overlays):
-        gray = read_image_file(path, options.max_pixels)
-        prediction = pipeline.predict(pipeline.encode(gray))
-        shapes = pipeline.shapes(prediction.label_map)
-        h, w = gray.shape
-        results.append({
-            "image": str(path), "width": w, "height": h, "profile": pipeline.profile.name,
-            "classes": list(labels),
-            "ious": {n: round(float(v), 4) for n, v in zip(labels, prediction.ious)},
-            "shapes": shapes,
-        })
-        if overlay is not None:
-            write_output("overlay", render_overlay(gray, prediction.label_map, shapes, labels).save, overlay)
-        print(f"{path}: {len(shapes)} polygons, {len({s['label'] for s in shapes})} layers", file=sys.stderr)
+    jobs = list(zip(args.images, overlays))
+    for start in range(0, len(jobs), options.encode_batch):  # encode_batch images to one encoder call
+        chunk = jobs[start:start + options.encode_batch]
+        grays = [read_image_file(path, options.max_pixels) for path, _ in chunk]
+        for (path, overlay), gray, encoded in zip(chunk, grays, pipeline.encode_batch(grays)):
+            prediction = pipeline.predict(encoded)
+            shapes = pipeline.shapes(prediction.label_map)
+            h, w = gray.shape
+            results.append({
+                "image": str(path), "width": w, "height": h, "profile": pipeline.profile.name,
+                "classes": list(labels),
+                "ious": {n: round(float(v), 4) for n, v in zip(labels, prediction.ious)},
+                "shapes": shapes,
+            })
+            if overlay is not None:
+                write_output("overlay", render_overlay(gray, prediction.label_map, shapes, labels).save, overlay)
+            print(f"{path}: {len(shapes)} polygons, {len({s['label'] for s in shapes})} layers", file=sys.stderr)
     text = json.dumps(results[0] if len(results) == 1 else results)
     if args.json:
         write_output("json", lambda p: p.write_text(text), Path(args.json))

@@ -81,8 +81,10 @@ def counts_report(counts: dict, class_names) -> dict:
     }
 
 
-def score(dataset: Dataset, predict: Callable[[np.ndarray], np.ndarray], progress=None) -> dict:
-    """Run ``predict`` (grey frame -> label map of the same shape) on every sample and score it.
+def score(dataset: Dataset, predict: Callable[[np.ndarray], np.ndarray] | None = None, progress=None, *,
+          predict_many: Callable[[list], list] | None = None, batch: int = 1) -> dict:
+    """Run ``predict`` (grey frame -> label map of the same shape) on every sample and score it;
+    or ``predict_many`` (grey frames -> their label maps) on ``batch`` samples at a time.
 
     Returns ``{images, classes, per_class: {name: {iou, dice}}, mean_iou, mean_dice,
     boundary_mae_px: {overall, columns, missing, per_boundary: {layer: {mae, columns, missing}}},
@@ -93,8 +95,8 @@ def score(dataset: Dataset, predict: Callable[[np.ndarray], np.ndarray], progres
     k = len(names)
     total = None
     per_image = []
-    for sample in dataset.samples:
-        pred = np.asarray(predict(sample.gray))
+    for sample, pred in _predictions(dataset.samples, predict, predict_many, batch):
+        pred = np.asarray(pred)
         if pred.shape != sample.labels.shape:
             raise ValueError(f"{sample.name}: prediction is {pred.shape}, the labels {sample.labels.shape}")
         if pred.dtype.kind not in "iu" or (pred.size and (pred.min() < 0 or pred.max() >= k)):
@@ -109,6 +111,15 @@ def score(dataset: Dataset, predict: Callable[[np.ndarray], np.ndarray], progres
     if total is None:
         raise ValueError("the dataset has no samples")
     return {"images": len(dataset.samples), **counts_report(total, names), "per_image": per_image}
+
+
+def _predictions(samples, predict, predict_many, batch):
+    """(sample, label map) in order, ``batch`` frames to one ``predict_many`` call (or one by one)."""
+    step = max(1, batch) if predict_many is not None else 1
+    for start in range(0, len(samples), step):
+        chunk = samples[start:start + step]
+        preds = predict_many([s.gray for s in chunk]) if predict_many is not None else [predict(chunk[0].gray)]
+        yield from zip(chunk, preds)
 
 
 def compare(reports: dict) -> dict:

@@ -18,7 +18,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 import threading
 import warnings
 from importlib import metadata
@@ -30,7 +29,7 @@ import torch
 from sam2oct.errors import ConfigError
 from sam2oct.model.cpu_features import cpu_signature, require_bf16
 from sam2oct.model.encoder_cache import EntryCache
-from sam2oct.modeling.semantic_sam2 import ImageFeatures
+from sam2oct.model.modeling.semantic_sam2 import ImageFeatures
 
 log = logging.getLogger(__name__)
 
@@ -55,19 +54,17 @@ def _openvino():
     try:
         import openvino
     except ImportError:
-        raise ConfigError("runtime openvino needs the openvino package (pip install openvino, pinned in "
-                          "requirements.txt); or use runtime torch", option="runtime") from None
+        raise ConfigError("openvino is not installed (pip install -r requirements-cpu.txt); "
+                          "or use runtime torch", option="runtime") from None
     return openvino
 
 
 def default_cache_dir() -> Path:
-    """Beside the Hugging Face hub cache: $HF_HOME/sam2oct-openvino (HF_HOME defaulting, as the hub
-    does, to $XDG_CACHE_HOME/huggingface or ~/.cache/huggingface)."""
-    hf_home = os.environ.get("HF_HOME")
-    if not hf_home:
-        xdg = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-        hf_home = os.path.join(xdg, "huggingface")
-    return Path(hf_home).expanduser() / CACHE_FOLDER
+    """Beside the Hugging Face hub cache: $HF_HOME/sam2oct-openvino (huggingface_hub's HF_HOME:
+    $XDG_CACHE_HOME/huggingface or ~/.cache/huggingface unless set)."""
+    from huggingface_hub import constants
+
+    return Path(constants.HF_HOME).expanduser() / CACHE_FOLDER
 
 
 class _EncoderGraph(torch.nn.Module):

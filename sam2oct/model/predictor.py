@@ -17,6 +17,9 @@ DEFAULT_CACHE_BYTES = 2 << 30
 # bf16 autocast runs natively from Ampere (compute capability 8.0) on; T4, V100 and Turing
 # emulate it and run it slower than fp32, and CPUs about ten times slower.
 BF16_MIN_CAPABILITY = (8, 0)
+# Frames encoded to one encoder call by default (encode_batch): measured by
+# benchmarks/bench_cpu_runtime.py, see docs/cpu.md.
+DEFAULT_BATCH = 1
 # Full-resolution floats per step when the label map is taken class by class (64 MB): the
 # memory of one step, whatever K and the frame size.
 _STEP_ELEMENTS = 1 << 24
@@ -176,13 +179,18 @@ class SemanticPredictor:
     """
 
     def __init__(self, model: SemanticSAM2, preprocess: str = "stretch", cache_bytes: int = DEFAULT_CACHE_BYTES,
-                 bf16: bool | None = None):
+                 bf16: bool | None = None, *, encoder=None, batch_size: int = DEFAULT_BATCH):
         self.model = model.eval()
         self.preprocess = check_mode(preprocess)
         self.device = next(model.parameters()).device
         self.bf16 = use_bf16(bf16, self.device)
         self.cache = FeatureCache(cache_bytes)
-        self.encoder_calls = 0
+        # Another runtime's encode_image ([B,3,S,S] -> ImageFeatures), or None: the model's own.
+        self.encoder = encoder
+        if batch_size < 1:
+            raise ConfigError(f"encode batch must be 1 or more, got {batch_size}", option="encode_batch")
+        self.batch_size = int(batch_size)
+        self.encoder_calls = 0  # frames encoded
         self.decoder_calls = 0
         self._lock = threading.RLock()  # one forward pass at a time on the one model
 
@@ -197,21 +205,56 @@ class SemanticPredictor:
 
     def encode(self, gray: np.ndarray) -> EncodedImage:
         """Grey [H,W] in [0,1] -> features, from the cache when this exact frame was seen."""
-        key = image_digest(gray, self.preprocess)
+        return self.encode_batch([gray])[0]
+
+    def encode_batch(self, grays, batch_size: int | None = None) -> list:
+        """Grey frames -> their EncodedImage, in order. Frames the cache holds come from it; the
+        others are encoded ``batch_size`` (default: the predictor's) to one encoder call, and a
+        frame given twice is encoded once."""
+        step = self.batch_size if batch_size is None else int(batch_size)
+        if step < 1:
+            raise ConfigError(f"encode batch must be 1 or more, got {step}", option="encode_batch")
+        keys = [image_digest(g, self.preprocess) for g in grays]
+        out = {}
         # Look up under the model lock: a thread that waited for another's encode of the same
         # frame then finds it cached instead of encoding it again.
         with self._lock:
-            cached = self.cache.get(key)
-            if cached is not None:
-                return cached
-            geometry = FrameGeometry.for_image(*gray.shape, size=self.model.image_size, mode=self.preprocess)
-            with torch.inference_mode(), self._autocast():
-                x = model_input(gray, geometry).to(self.device)
-                self.encoder_calls += 1
-                features = self.model.encode_image(x)
-            encoded = EncodedImage(key, geometry, features)
-            self.cache.put(key, encoded)
-        return encoded
+            todo = {}  # key -> the frame, for keys neither cached nor seen earlier in this call
+            for key, gray in zip(keys, grays):
+                if key in out or key in todo:
+                    continue
+                cached = self.cache.get(key)
+                if cached is not None:
+                    out[key] = cached
+                else:
+                    todo[key] = gray
+            pending = list(todo.items())
+            for start in range(0, len(pending), step):
+                for encoded in self._encode_frames(pending[start:start + step]):
+                    self.cache.put(encoded.key, encoded)
+                    out[encoded.key] = encoded
+        return [out[key] for key in keys]
+
+    def _encode_frames(self, frames) -> list:
+        """[(key, grey frame)] -> [EncodedImage] in one encoder call (under the model lock)."""
+        size = self.model.image_size
+        geometries = [FrameGeometry.for_image(*g.shape, size=size, mode=self.preprocess) for _, g in frames]
+        with torch.inference_mode():
+            x = torch.cat([model_input(g, geo) for (_, g), geo in zip(frames, geometries)]).to(self.device)
+            self.encoder_calls += len(frames)
+            if self.encoder is not None:
+                features = self.encoder(x)
+            else:
+                with self._autocast():
+                    features = self.model.encode_image(x)
+            maps = [features.image_embed, *features.high_res_feats]
+            if len(frames) > 1:
+                # Own storage per frame: the cache counts and frees each frame's features alone.
+                per_frame = [[m[i:i + 1].clone() for m in maps] for i in range(len(frames))]
+            else:
+                per_frame = [maps]
+        return [EncodedImage(key, geo, ImageFeatures(image_embed=f[0], high_res_feats=f[1:]))
+                for (key, _), geo, f in zip(frames, geometries, per_frame)]
 
     def decode(self, encoded: EncodedImage, points=None, labels=None, box=None, dense_labels=None, *,
                confidence: bool = False, logits: bool = False) -> Prediction:

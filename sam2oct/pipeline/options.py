@@ -16,7 +16,9 @@ from PIL import Image
 from sam2oct.errors import ConfigError
 from sam2oct.geometry.images import DEFAULT_MAX_PIXELS
 from sam2oct.model.checkpoint import DEFAULT_CONFIG
+from sam2oct.model.predictor import DEFAULT_BATCH
 from sam2oct.model.preprocessing import PREPROCESS_MODES
+from sam2oct.model.runtime import RUNTIMES
 from sam2oct.model.profiles import PROFILES, parse_class_names
 
 LABEL_STYLES = ("names", "index")
@@ -55,9 +57,22 @@ class PipelineOptions:
     label_style: str = option(
         "names", "names (profile class names) or index (OCT_Object_<k>, the CVAT-OCT fork)",
         env="SAM2OCT_LABEL_STYLE", flag="--label-style", choices=LABEL_STYLES)
+    runtime: str = option(
+        "auto", "what encodes images: auto (openvino on a CPU device when it is installed, else torch), "
+                "torch or openvino (CPU only; the decoder stays in torch)",
+        env="SAM2OCT_RUNTIME", flag="--runtime", choices=RUNTIMES)
     precision: str = option(
-        "auto", "auto (bf16 autocast on CUDA devices of compute capability 8.0 or more, else fp32), bf16 or fp32",
+        "auto", "auto (torch: bf16 autocast on CUDA devices of compute capability 8.0 or more; openvino: fp32, "
+                "see docs/cpu.md), bf16 (openvino: a CPU with avx512_bf16 or amx_bf16 only) or fp32",
         env="SAM2OCT_PRECISION", flag="--precision", choices=PRECISIONS)
+    ov_cache_dir: str = option(
+        "", "folder of the converted OpenVINO encoder (converted once per checkpoint); empty = "
+            "$HF_HOME/sam2oct-openvino (HF_HOME defaults to ~/.cache/huggingface)",
+        env="SAM2OCT_OV_CACHE_DIR", flag="--ov-cache-dir", metavar="DIR")
+    encode_batch: int = option(
+        DEFAULT_BATCH, "B-scans encoded in one encoder call where several are at hand (segment of several "
+                       "images, evaluate, decoder-mode finetune)",
+        env="SAM2OCT_ENCODE_BATCH", flag="--encode-batch", metavar="N", bounds=(int, 1, 64))
     cache_mb: float = option(
         2048.0, "memory the per-frame feature cache may hold, in MiB (0 disables it)",
         env="SAM2OCT_CACHE_MB", bounds=(float, 0.0, float(1 << 20)))
@@ -74,8 +89,8 @@ class PipelineOptions:
         env="SAM2OCT_MAX_PIXELS", flag="--max-pixels", metavar="PIXELS",
         bounds=(int, 1, 2 * Image.MAX_IMAGE_PIXELS))
     torch_threads: int = option(
-        0, "CPU threads torch may use (0 = torch's default, one per core; on a shared CPU host fewer keep "
-           "clicks fast)", env="SAM2OCT_TORCH_THREADS", flag="--threads", metavar="N", bounds=(int, 0, 1024))
+        0, "CPU threads torch (and the openvino encoder) may use (0 = their default, one per core; on a "
+           "shared CPU host fewer keep clicks fast)", env="SAM2OCT_TORCH_THREADS", flag="--threads", metavar="N", bounds=(int, 0, 1024))
     snap_px: float = option(
         3.0, "a positive click this many pixels or closer to a layer picks the nearest layer",
         env="SAM2OCT_SNAP_PX", bounds=(float, 0.0, 64.0))
@@ -94,6 +109,7 @@ class PipelineOptions:
         object.__setattr__(self, "device", str(self.device).strip() or "auto")
         object.__setattr__(self, "config", str(self.config or DEFAULT_CONFIG))
         object.__setattr__(self, "class_names", str(self.class_names or "").strip())
+        object.__setattr__(self, "ov_cache_dir", str(self.ov_cache_dir or "").strip())
         if self.class_names:
             parse_class_names(self.class_names)
         if self.checkpoint is not None:

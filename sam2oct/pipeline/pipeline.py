@@ -28,6 +28,7 @@ from sam2oct.model.loading import checkpoint_errors, load_checkpoint
 from sam2oct.geometry.interaction import select
 from sam2oct.model.predictor import EncodedImage, Prediction, SemanticPredictor
 from sam2oct.model.profiles import Profile, resolve_profile
+from sam2oct.model.runtime import build_encoder, check_runtime
 from sam2oct.pipeline.cache import FrameShapes, SmallLRU
 from sam2oct.pipeline.options import PipelineOptions
 from sam2oct.pipeline.results import Interaction, Region
@@ -36,7 +37,7 @@ def preflight(options: PipelineOptions) -> Profile:
     """What ``Pipeline(options)`` would refuse, found without building the model (a fraction of a
     second): the device, the model config, the checkpoint file and its class count, the profile
     and class names. Returns the profile the pipeline will run as."""
-    resolve_device(options.device)
+    check_runtime(options.runtime, options.precision, resolve_device(options.device))
     with checkpoint_errors(options.checkpoint):
         load_config(options.config)
         # The weights are memory-mapped, not copied: only the class count is read here.
@@ -52,10 +53,13 @@ _RECENT_FILE_BYTES = 16 << 20
 class Pipeline:
     """The model with its profile, predictor and caches, from options to shapes and masks."""
 
-    def __init__(self, options: PipelineOptions, *, model=None):
+    def __init__(self, options: PipelineOptions, *, model=None, encoder=None):
+        """``model`` and ``encoder`` (another pipeline's predictor.model and predictor.encoder) share
+        what that pipeline built."""
         self.options = options
         self.warnings = []  # (message, option) pairs the adapter should log, in its own names
         device = resolve_device(options.device)  # first: a device fault is not a checkpoint problem
+        self.runtime, encoder_precision = check_runtime(options.runtime, options.precision, device)
         if options.torch_threads:
             torch.set_num_threads(options.torch_threads)
         if model is None:
@@ -69,7 +73,15 @@ class Pipeline:
                 "box and brush reach the model", "profile"))
         self.preprocess = options.preprocess or self.profile.preprocess
         bf16 = None if options.precision == "auto" else options.precision == "bf16"
-        self.predictor = SemanticPredictor(model, self.preprocess, cache_bytes=int(options.cache_mb * (1 << 20)), bf16=bf16)
+        if self.runtime == "openvino":
+            bf16 = False  # the precision is the encoder's; the decoder (1-2% of a click) stays fp32
+            if encoder is None:
+                encoder = build_encoder(model, self.runtime, encoder_precision, device,
+                                        cache_dir=options.ov_cache_dir, threads=options.torch_threads)
+        else:
+            encoder = None
+        self.predictor = SemanticPredictor(model, self.preprocess, cache_bytes=int(options.cache_mb * (1 << 20)),
+                                           bf16=bf16, encoder=encoder, batch_size=options.encode_batch)
         k = self.profile.num_classes
         self.labels = (list(self.profile.class_names) if options.label_style == "names"
                        else [f"OCT_Object_{i}" for i in range(k)])
@@ -102,6 +114,10 @@ class Pipeline:
 
     def encode(self, gray: np.ndarray) -> EncodedImage:
         return self.predictor.encode(gray)
+
+    def encode_batch(self, grays) -> list:
+        """Several grey frames -> their features, ``encode_batch`` frames to one encoder call."""
+        return self.predictor.encode_batch(grays)
 
     def encode_file(self, data: bytes) -> EncodedImage:
         """Image file bytes -> features, as ``encode(read_image(data))``. CVAT resends the frame

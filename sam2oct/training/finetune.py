@@ -33,6 +33,7 @@ from sam2oct.errors import ConfigError
 from sam2oct.training.lora import add_lora, merge_lora
 from sam2oct.training.losses import LossWeights, total_loss
 from sam2oct.model.modeling.semantic_sam2 import ImageFeatures
+from sam2oct.model.runtime import build_encoder
 from sam2oct.model.predictor import SemanticPredictor
 from sam2oct.model.preprocessing import FrameGeometry, model_input
 
@@ -188,9 +189,12 @@ def _cat_features(feats):
 
 # --- training ---------------------------------------------------------------------------------------
 
-def train(model, samples, o: FinetuneOptions, callback=None, progress=False) -> dict:
+def train(model, samples, o: FinetuneOptions, callback=None, progress=False, *, encoder=None,
+          encode_batch: int = 1) -> dict:
     """Fine-tune ``model`` in place for exactly ``o.steps`` optimiser steps; adapters are folded
-    in at the end. ``callback(step, loss, parts)`` runs after each step (it may raise to stop)."""
+    in at the end. ``callback(step, loss, parts)`` runs after each step (it may raise to stop).
+    Decoder mode encodes its views ``encode_batch`` to a call, with ``encoder`` (another runtime's
+    encode_image, e.g. OpenVINO's) or, when None, the model's own."""
     o = o.resolved()
     check_options(o)
     torch.manual_seed(o.seed)
@@ -208,7 +212,9 @@ def train(model, samples, o: FinetuneOptions, callback=None, progress=False) -> 
     examples = _Examples(samples, o, model.image_size, k)
     # The forward path has no dropout or batch norm: eval mode is the serving computation.
     model.eval()
-    cache = _encode_views(model, examples, o.views, device) if o.mode == "decoder" else None
+    cache = None
+    if o.mode == "decoder":
+        cache = _encode_views(encoder or model.encode_image, examples, o.views, device, encode_batch)
 
     bar = _progress(o.steps, progress)
     losses, started = [], time.perf_counter()
@@ -249,15 +255,19 @@ def train(model, samples, o: FinetuneOptions, callback=None, progress=False) -> 
 
 
 @torch.no_grad()
-def _encode_views(model, examples: _Examples, views: int, device):
-    """Decoder mode: per image, features and targets of the original and views-1 augmented copies."""
-    cache = []
-    for i in range(len(examples.samples)):
-        entries = []
-        for v in range(views):
-            x, target, valid = examples.draw(i, augmented=v > 0)
-            entries.append((model.encode_image(x[None].to(device)), target, valid))
-        cache.append(entries)
+def _encode_views(encode, examples: _Examples, views: int, device, batch: int = 1):
+    """Decoder mode: per image, features and targets of the original and views-1 augmented copies,
+    encoded ``batch`` views to one ``encode`` call (views drawn in the same order either way)."""
+    pairs = [(i, v) for i in range(len(examples.samples)) for v in range(views)]
+    cache = [[] for _ in examples.samples]
+    for start in range(0, len(pairs), max(1, batch)):
+        # Drawn a chunk at a time (inputs are 12 MB each at 1024 px), in the same order as one by one.
+        chunk = [(i, *examples.draw(i, augmented=v > 0)) for i, v in pairs[start:start + batch]]
+        features = encode(torch.stack([x for _, x, _, _ in chunk]).to(device))
+        for j, (i, _, target, valid) in enumerate(chunk):
+            one = ImageFeatures(features.image_embed[j:j + 1].clone(),
+                                [level[j:j + 1].clone() for level in features.high_res_feats])
+            cache[i].append((one, target, valid))
     return cache
 
 
@@ -309,8 +319,11 @@ def save_checkpoint(model, base_sd: dict, out, metadata: dict | None = None) -> 
 
 
 def run(train_set, val_set, checkpoint, out, *, config=None, class_names=(), options=FinetuneOptions(),
-        device="cpu", data=None, callback=None, progress=False) -> dict:
-    """Evaluate (if val_set), fine-tune, save OUT atomically, evaluate the saved file; the report."""
+        device="cpu", data=None, callback=None, progress=False, runtime="torch", precision="auto",
+        ov_cache_dir="", encode_batch=1) -> dict:
+    """Evaluate (if val_set), fine-tune, save OUT atomically, evaluate the saved file; the report.
+    Decoder mode encodes its (frozen-encoder) features with ``runtime`` at ``precision``,
+    ``encode_batch`` views to a call (sam2oct.model.runtime)."""
     from sam2oct.evaluation.evaluate import score
 
     o = options.resolved()
@@ -319,7 +332,11 @@ def run(train_set, val_set, checkpoint, out, *, config=None, class_names=(), opt
     base_sd = read_state_dict(checkpoint)
     model = load_model(checkpoint, config, device)
     before = score(val_set, predictor_fn(model, o.preprocess)) if val_set is not None else None
-    stats = train(model, train_set.samples, o, callback=callback, progress=progress)
+    encoder = None
+    if o.mode == "decoder":
+        encoder = build_encoder(model, runtime, precision, torch.device(device), cache_dir=ov_cache_dir)
+    stats = train(model, train_set.samples, o, callback=callback, progress=progress, encoder=encoder,
+                  encode_batch=encode_batch)
     meta = {"base_sha256": base_sha, "mode": o.mode, "steps": stats["steps"], "seed": o.seed,
             "class_names": list(class_names)}
     save_checkpoint(model, base_sd, out, meta)
