@@ -58,6 +58,8 @@ SAM_PLUGIN_ID = "pth-facebookresearch-sam-vit-h"  # hijacked by CVAT's browser S
 CPU_TORCH_INDEX = "https://download.pytorch.org/whl/cpu"
 BOOLEAN_FLAGS = ("startswith_box", "startswith_box_optional", "generate_without_prompting_optional")
 REQUIRED_ENV = ("SAM2_CHECKPOINT", "SAM2OCT_PROFILE", "SAM2OCT_MODE", "SAM2_DEVICE")
+# Where the project pins its dependencies: requirements-cpu.txt is the CPU image's extra (OpenVINO).
+PIN_FILES = ("requirements.txt", "constraints.txt", "requirements-cpu.txt")
 # Nuclio's own offline install of its SDK (what its builder runs; only the Dockerfile, which
 # replaces that builder, may do it, and only from the wheels in Nuclio's image)
 NUCLIO_WHEELS = "/opt/nuclio/whl"
@@ -153,7 +155,7 @@ def norm(name: str) -> str:
 @lru_cache(maxsize=None)
 def project_pins() -> dict:
     pins = {}
-    for rel in ("requirements.txt", "constraints.txt"):
+    for rel in PIN_FILES:
         for line in (ROOT / rel).read_text().splitlines():
             line = line.split("#", 1)[0].strip()
             m = re.fullmatch(r"([A-Za-z0-9_.\-]+)==([^\s;]+)", line)
@@ -446,7 +448,7 @@ def test_dependencies_pinned(rel):
             if name in pins:
                 assert version == pins[name], f"{rel}: {name}=={version}, the project pins {pins[name]}"
         for path in options.get("-r", []) + options.get("-c", []):
-            assert PurePosixPath(path).name in ("requirements.txt", "constraints.txt")
+            assert PurePosixPath(path).name in PIN_FILES
             assert (ROOT / PurePosixPath(path).name).is_file()
 
 
@@ -481,6 +483,67 @@ def test_install_recipe(rel):
     assert PurePosixPath(installs[r_index][0]["-r"][0]).name == "requirements.txt"
     assert any(PurePosixPath(c).name == "constraints.txt" for c in installs[r_index][0].get("-c", []))
     assert s_index < r_index
+
+
+@pytest.mark.parametrize("rel", FUNCTION_FILES + ["Dockerfile"])
+def test_openvino_in_the_cpu_image_only(rel):
+    """The CPU images install requirements-cpu.txt (OpenVINO), after requirements.txt and under the
+    constraints and requirements.txt's pins, so nothing already installed changes; the GPU
+    images and the Dockerfile (the GPU image's) never name OpenVINO."""
+    commands = dockerfile_runs() if rel == "Dockerfile" else run_lines(load(rel))
+    installs = [i for c in commands for i in pip_installs(c)]
+    cpu_extra = [i for i, (o, _, _) in enumerate(installs)
+                 if any(PurePosixPath(r).name == "requirements-cpu.txt" for r in o.get("-r", []))]
+    text = "\n".join(commands)
+    if rel in CPU_FILES:
+        assert len(cpu_extra) == 1, f"{rel}: installs requirements-cpu.txt {len(cpu_extra)} times"
+        options = installs[cpu_extra[0]][0]
+        assert {PurePosixPath(c).name for c in options.get("-c", [])} >= {"constraints.txt", "requirements.txt"}
+        r_index = next(i for i, (o, _, _) in enumerate(installs)
+                       if any(PurePosixPath(r).name == "requirements.txt" for r in o.get("-r", [])))
+        assert r_index < cpu_extra[0]
+    else:
+        assert not cpu_extra and "openvino" not in text.lower() and "requirements-cpu" not in text, rel
+
+
+def test_requirements_cpu_pins_openvino():
+    pins = {canonicalize_name(r.name): r for r in requirement_lines("requirements-cpu.txt")}
+    assert set(pins) == {"openvino"}
+    (spec,) = pins["openvino"].specifier
+    assert spec.operator == "=="
+    # no overlap with requirements.txt (one pin per package) and in the development set-up
+    assert not set(pins) & {canonicalize_name(r.name) for r in requirement_lines("requirements.txt")}
+    dev = (ROOT / "requirements-dev.txt").read_text().split()
+    assert "requirements-cpu.txt" in dev
+    extras = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+    (line,) = extras["cpu"]
+    req = Requirement(line)
+    assert canonicalize_name(req.name) == "openvino" and req.specifier.contains(spec.version)
+    assert any(s.operator == "<" for s in req.specifier), f"{req} has no upper bound"
+
+
+@pytest.mark.parametrize("rel", FUNCTION_FILES)
+def test_runtime_and_conversion_cache(rel):
+    """The CPU functions run the encoder through OpenVINO with its conversion cache on a host
+    folder (writable, not the models' read-only one), so a restart or redeploy loads the
+    converted model instead of converting again; the GPU functions stay with torch."""
+    cfg = load(rel)
+    env = env_of(cfg)
+    if rel in GPU_FILES:
+        assert env.get("SAM2OCT_RUNTIME", "auto") in ("auto", "torch")
+        assert "SAM2OCT_OV_CACHE_DIR" not in env
+        return
+    assert env["SAM2OCT_RUNTIME"] == "openvino"
+    cache = PurePosixPath(env["SAM2OCT_OV_CACHE_DIR"])
+    assert cache.is_absolute()
+    holders = [v for v in cfg["spec"]["volumes"] if PurePosixPath(v["volumeMount"]["mountPath"]) in
+               (cache, *cache.parents) and v["volumeMount"]["mountPath"] != "/"]
+    assert len(holders) == 1, f"{rel}: no volume (or several) holds {cache}"
+    (volume,) = holders
+    assert not volume["volumeMount"].get("readOnly"), "the function writes the conversion cache"
+    assert PurePosixPath(volume["volume"]["hostPath"]["path"]).is_absolute()
+    _, models = checkpoint_volume(rel)
+    assert models not in (cache, *cache.parents), "the cache must not be in the read-only models folder"
 
 
 @pytest.mark.parametrize("interactor, detector", TWINS)
