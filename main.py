@@ -25,7 +25,8 @@ def init_context(context):
     context.user_data.model = handler
     p = handler.profile
     context.logger.info(f"sam2-oct: ready: profile {p.name}, {p.num_classes} classes, "
-                        f"device {handler.predictor.device}, mode {handler.settings.mode}")
+                        f"device {handler.predictor.device}, {handler.pipeline.runtime_note}, "
+                        f"mode {handler.settings.mode}")
 
 
 def _reply(context, status, obj):

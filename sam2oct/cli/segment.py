@@ -24,6 +24,7 @@ def run(args) -> int:
     pipeline = Pipeline(options)
     for message, option in pipeline.warnings:
         print(f"warning: {OPTION_NAMES.get(option, option)}: {message}", file=sys.stderr)
+    print(pipeline.runtime_note, file=sys.stderr)
     labels = pipeline.labels
     results = []
     jobs = list(zip(args.images, overlays))

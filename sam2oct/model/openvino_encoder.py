@@ -166,6 +166,11 @@ class OpenVINOEncoder:
         self._request = self._compiled.create_infer_request()
 
     @property
+    def source_note(self) -> str:
+        return {"compiled": "loaded from the cache", "ir": "compiled from the cached conversion",
+                "converted": "converted now"}.get(self.source, str(self.source)) + f" in {self.cache.root}"
+
+    @property
     def ir_key(self) -> str:
         return f"ir-{self.key}"
 

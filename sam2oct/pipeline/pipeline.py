@@ -95,6 +95,14 @@ class Pipeline:
     def num_classes(self) -> int:
         return self.profile.num_classes
 
+    @property
+    def runtime_note(self) -> str:
+        """What encodes, for the start-up log: e.g. "runtime openvino (fp32, loaded from the cache)"."""
+        encoder = self.predictor.encoder
+        if encoder is None:
+            return "runtime torch"
+        return f"runtime openvino ({encoder.precision}, {encoder.source_note})"
+
     # --- image to features ---------------------------------------------------------------
 
     def read_image(self, data: bytes) -> np.ndarray:
