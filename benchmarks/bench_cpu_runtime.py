@@ -1,0 +1,168 @@
+"""The CPU fast path, measured: `segment` of real B-scans, whole process, per runtime and precision,
+and how far the label maps of each runtime/precision agree with PyTorch fp32.
+
+    python benchmarks/bench_cpu_runtime.py [--images PNG ...] [--repeats 2] [--threads 0]
+
+Timing: `python -m sam2oct segment IMAGES --json ...` as a fresh process per variant (imports,
+model load, OpenVINO's cached compiled model, every encode, decode and polygon), with SAM 2.1
+Hiera B+ and K=9 random weights (seed 0; the cost does not depend on the weights). Each OpenVINO
+variant runs once untimed first, so its conversion cache is warm (each timed run's "runtime"
+line is printed: it says the model came from the cache). Variants alternate in order across
+repeats; the median is reported, with the load average before and after.
+
+Agreement: in one process, the label maps `segment` would draw (Pipeline.predict) of each
+variant against PyTorch fp32, as % of pixels equal (pooled over the images, and the worst
+image), plus the features' relative error (image_embed and the two high-resolution levels,
+largest of the three). Random weights give near-equal logits for many pixels, where any rounding
+flips the argmax, so the same is measured with the tiny fixture checkpoint (trained-ish
+weights, image size 1024) as well.
+
+Not a test: it prints figures, it asserts nothing.
+"""
+
+import argparse
+from importlib import metadata
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from sam2oct.geometry.images import read_image  # noqa: E402
+from sam2oct.model import cpu_features, runtime  # noqa: E402
+from sam2oct.model.checkpoint import DEFAULT_CONFIG, build_model  # noqa: E402
+from sam2oct.pipeline.options import PipelineOptions  # noqa: E402
+from sam2oct.pipeline.pipeline import Pipeline  # noqa: E402
+
+IMAGES = sorted((ROOT / "tests" / "data" / "spectralis").glob("*_bscan_u8.png"))
+FIXTURE = (ROOT / "tests" / "fixtures" / "parity" / "tiny_k9.pt", ROOT / "tests" / "fixtures" / "parity" / "tiny_k9.yaml")
+BASE = ("torch", "fp32")
+
+
+def variants() -> list:
+    """(runtime, precision) pairs: torch fp32 first, then OpenVINO fp32, auto and (if the CPU can) bf16."""
+    out = [BASE, ("openvino", "fp32"), ("openvino", "auto")]
+    if cpu_features.has_bf16():
+        out.append(("openvino", "bf16"))
+    return out
+
+
+def label(v) -> str:
+    return f"--runtime {v[0]} --precision {v[1]}"
+
+
+def random_checkpoint(folder: Path) -> Path:
+    torch.manual_seed(0)
+    model = build_model(9)
+    path = folder / "hiera_bplus_random_k9.pt"
+    torch.save({"model": model.state_dict()}, path)
+    return path
+
+
+def segment(ckpt, config, images, v, cache_dir, threads, out_json) -> tuple:
+    """(seconds, the runtime line segment printed) of one whole `segment` process."""
+    cmd = [sys.executable, "-m", "sam2oct", "segment", *map(str, images), "--checkpoint", str(ckpt),
+           "--json", str(out_json), "--runtime", v[0], "--precision", v[1], "--ov-cache-dir", str(cache_dir),
+           "--threads", str(threads)]
+    if config:
+        cmd += ["--config", str(config)]
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    t0 = time.perf_counter()
+    done = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=ROOT)
+    seconds = time.perf_counter() - t0
+    if done.returncode != 0:
+        raise SystemExit(f"segment failed ({label(v)}):\n{done.stderr[-3000:]}")
+    line = next((ln for ln in done.stderr.splitlines() if ln.startswith("runtime ")), "?")
+    return seconds, line
+
+
+def timing(args, ckpt, cache_dir, work: Path) -> None:
+    vs = variants()
+    print(f"\n== whole-process segment of {len(args.images)} B-scans, Hiera B+ (random weights, K=9) ==")
+    print(f"load average before: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
+    for v in vs:
+        if v[0] == "openvino":  # warm the conversion cache (untimed)
+            s, line = segment(ckpt, None, args.images, v, cache_dir, args.threads, work / "warm.json")
+            print(f"warm-up {label(v)}: {s:.1f} s ({line})")
+    times = {v: [] for v in vs}
+    for r in range(args.repeats):
+        order = vs[r % len(vs):] + vs[:r % len(vs)]
+        for v in order:
+            s, line = segment(ckpt, None, args.images, v, cache_dir, args.threads, work / "out.json")
+            times[v].append(s)
+            print(f"run {r + 1} {label(v)}: {s:.1f} s ({line})", flush=True)
+    print(f"load average after: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
+    base = statistics.median(times[BASE])
+    print(f"\n{'variant':<42}{'median s':>10}{'speed-up':>10}")
+    for v in vs:
+        m = statistics.median(times[v])
+        print(f"{label(v):<42}{m:>10.1f}{base / m:>9.2f}x")
+
+
+def agreement(name, ckpt, config, images, cache_dir, threads) -> None:
+    grays = [read_image(Path(p).read_bytes()) for p in images]
+    print(f"\n== label agreement with torch fp32: {name} ==")
+    model = None
+    results = {}
+    for v in variants():
+        opts = PipelineOptions(checkpoint=str(ckpt), config=str(config) if config else DEFAULT_CONFIG,
+                               runtime=v[0], precision=v[1], ov_cache_dir=str(cache_dir), cache_mb=0,
+                               torch_threads=threads)
+        pipeline = Pipeline(opts, model=model)
+        model = pipeline.predictor.model
+        maps, feats = [], []
+        for g in grays:
+            encoded = pipeline.encode(g)
+            feats.append([encoded.features.image_embed, *encoded.features.high_res_feats])
+            maps.append(pipeline.predict(encoded).label_map)
+        enc = pipeline.predictor.encoder
+        results[v] = (maps, feats, "torch" if enc is None else f"openvino {enc.precision}")
+    ref_maps, ref_feats, _ = results[BASE]
+    print(f"{'variant':<42}{'runs as':<16}{'pixels equal':>14}{'worst image':>13}{'feature rel err':>17}")
+    for v, (maps, feats, runs_as) in results.items():
+        if v == BASE:
+            continue
+        equal = sum(int((a == b).sum()) for a, b in zip(maps, ref_maps))
+        total = sum(a.size for a in maps)
+        worst = min(float((a == b).mean()) for a, b in zip(maps, ref_maps))
+        err = max(float((x.double() - y.double()).norm() / y.double().norm())
+                  for fs, rs in zip(feats, ref_feats) for x, y in zip(fs, rs))
+        print(f"{label(v):<42}{runs_as:<16}{100 * equal / total:>13.3f}%{100 * worst:>12.3f}%{err:>17.2e}")
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--images", nargs="+", type=Path, default=IMAGES)
+    ap.add_argument("--repeats", type=int, default=2, help="timed runs per variant (default: %(default)s)")
+    ap.add_argument("--threads", type=int, default=0, help="--threads of segment (0: all cores)")
+    ap.add_argument("--skip-timing", action="store_true", help="only the agreement figures")
+    args = ap.parse_args()
+    print("sam2oct CPU runtime benchmark")
+    print(f"cpu: {cpu_features.cpu_model() or platform.processor()}, {os.cpu_count()} logical cores, "
+          f"bf16 flags: {', '.join(cpu_features.bf16_flags()) or 'none'}")
+    print(f"torch {torch.__version__}, openvino {metadata.version('openvino')}, python {platform.python_version()}")
+    print(f"auto precision under openvino: {runtime.openvino_precision('auto')} (AUTO_BF16={runtime.AUTO_BF16})")
+    print("images: " + ", ".join(str(Path(p).relative_to(ROOT)) if Path(p).is_relative_to(ROOT) else str(p)
+                                 for p in args.images))
+    with tempfile.TemporaryDirectory(prefix="bench-cpu-runtime-") as tmp:
+        work = Path(tmp)
+        cache_dir = work / "ov-cache"
+        ckpt = random_checkpoint(work)
+        if not args.skip_timing:
+            timing(args, ckpt, cache_dir, work)
+        agreement("Hiera B+, random weights (seed 0), K=9", ckpt, None, args.images, cache_dir, args.threads)
+        agreement("tiny fixture checkpoint (tests/fixtures/parity/tiny_k9)", *FIXTURE, args.images, cache_dir,
+                  args.threads)
+
+
+if __name__ == "__main__":
+    main()
