@@ -15,12 +15,14 @@ variant against PyTorch fp32, as % of pixels equal (pooled over the images, and 
 image), plus the features' relative error (image_embed and the two high-resolution levels,
 largest of the three). Random weights give near-equal logits for many pixels, where any rounding
 flips the argmax, so the same is measured with the tiny fixture checkpoint (trained-ish
-weights, image size 1024) as well.
+weights, image size 1024) as well. For scale, two more rows: torch fp32 on the frames after a
+JPEG round trip (quality 95, and 70: CVAT's default image quality for a task's frames).
 
 Not a test: it prints figures, it asserts nothing.
 """
 
 import argparse
+import io
 from importlib import metadata
 import os
 import platform
@@ -33,6 +35,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -46,6 +49,7 @@ from sam2oct.pipeline.pipeline import Pipeline  # noqa: E402
 IMAGES = sorted((ROOT / "tests" / "data" / "spectralis").glob("*_bscan_u8.png"))
 FIXTURE = (ROOT / "tests" / "fixtures" / "parity" / "tiny_k9.pt", ROOT / "tests" / "fixtures" / "parity" / "tiny_k9.yaml")
 BASE = ("torch", "fp32")
+JPEG_QUALITIES = (95, 70)
 
 
 def variants() -> list:
@@ -57,6 +61,8 @@ def variants() -> list:
 
 
 def label(v) -> str:
+    if v[0].startswith("torch fp32, frame"):
+        return f"{v[0]} {v[1]}"
     return f"--runtime {v[0]} --precision {v[1]}"
 
 
@@ -126,6 +132,19 @@ def agreement(name, ckpt, config, images, cache_dir, threads) -> None:
             maps.append(pipeline.predict(encoded).label_map)
         enc = pipeline.predictor.encoder
         results[v] = (maps, feats, "torch" if enc is None else f"openvino {enc.precision}")
+    # For scale: torch fp32 on the same frames after a JPEG round trip, as CVAT serves a task's
+    # frames (its default image quality is 70): how much the labels move for a change of the
+    # input that deployments already accept.
+    pipeline = Pipeline(PipelineOptions(checkpoint=str(ckpt), config=str(config) if config else DEFAULT_CONFIG,
+                                        runtime="torch", precision="fp32", cache_mb=0, torch_threads=threads),
+                        model=model)
+    for quality in JPEG_QUALITIES:
+        maps, feats = [], []
+        for g in grays:
+            encoded = pipeline.encode(jpeg_round_trip(g, quality))
+            feats.append([encoded.features.image_embed, *encoded.features.high_res_feats])
+            maps.append(pipeline.predict(encoded).label_map)
+        results[("torch fp32, frame as JPEG", f"q{quality}")] = (maps, feats, "torch")
     ref_maps, ref_feats, _ = results[BASE]
     print(f"{'variant':<42}{'runs as':<16}{'pixels equal':>14}{'worst image':>13}{'feature rel err':>17}")
     for v, (maps, feats, runs_as) in results.items():
@@ -137,6 +156,12 @@ def agreement(name, ckpt, config, images, cache_dir, threads) -> None:
         err = max(float((x.double() - y.double()).norm() / y.double().norm())
                   for fs, rs in zip(feats, ref_feats) for x, y in zip(fs, rs))
         print(f"{label(v):<42}{runs_as:<16}{100 * equal / total:>13.3f}%{100 * worst:>12.3f}%{err:>17.2e}")
+
+
+def jpeg_round_trip(gray: np.ndarray, quality: int) -> np.ndarray:
+    buf = io.BytesIO()
+    Image.fromarray(np.clip(np.rint(gray * 255), 0, 255).astype(np.uint8)).save(buf, "JPEG", quality=quality)
+    return read_image(buf.getvalue())
 
 
 def main():
