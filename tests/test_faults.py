@@ -49,6 +49,14 @@ def fail_once(monkeypatch, owner, name, exc):
     return state
 
 
+def encoder_of(predictor):
+    """(owner, name) of what encodes a frame: the OpenVINO encoder where the runtime resolved to
+    it (the default on a CPU), else the model's own encode_image."""
+    if predictor.encoder is not None:
+        return predictor, "encoder"
+    return predictor.model, "encode_image"
+
+
 def oom():
     return torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
 
@@ -60,7 +68,7 @@ def test_out_of_memory_is_503_frees_the_cache_and_the_next_request_works(fn, ref
     assert fn.call(body(FRAME_A)).json == reference["A"]
     predictor = fn.model.predictor
     assert len(predictor.cache) == 1
-    owner, name = {"encode_image": (predictor.model, "encode_image"), "decode": (predictor.model, "decode"),
+    owner, name = {"encode_image": encoder_of(predictor), "decode": (predictor.model, "decode"),
                    "shapes": (sam2oct.geometry.polygons, "label_map_to_shapes")}[where]
     state = fail_once(monkeypatch, owner, name, exc())
     reply = fn.call(body(FRAME_B))
@@ -76,7 +84,7 @@ def test_out_of_memory_is_503_frees_the_cache_and_the_next_request_works(fn, ref
 
 
 def test_out_of_memory_releases_the_model_lock(fn, reference, monkeypatch):
-    fail_once(monkeypatch, fn.model.predictor.model, "encode_image", oom())
+    fail_once(monkeypatch, *encoder_of(fn.model.predictor), oom())
     assert fn.call(body(FRAME_A)).status == 503
     # Another thread can use the model right away: the fault left no lock held.
     out = {}
@@ -90,7 +98,7 @@ def test_out_of_memory_releases_the_model_lock(fn, reference, monkeypatch):
 
 def test_repeated_out_of_memory_then_recovery(fn, reference, monkeypatch):
     for _ in range(3):
-        fail_once(monkeypatch, fn.model.predictor.model, "encode_image", oom())
+        fail_once(monkeypatch, *encoder_of(fn.model.predictor), oom())
         assert fn.call(body(FRAME_A)).status == 503
         monkeypatch.undo()
     assert fn.call(body(FRAME_A)).json == reference["A"]
