@@ -130,6 +130,14 @@ def test_second_load_reuses_the_cache(built, no_convert):
         assert torch.equal(g, r)
 
 
+def test_threads_and_precision_reach_the_compiled_model(built, no_convert):
+    model, cache, _ = built
+    enc = OpenVINOEncoder(model, "fp32", cache_dir=cache, threads=1)
+    assert enc.source == "compiled"
+    assert enc._compiled.get_property("INFERENCE_NUM_THREADS") == 1
+    assert str(enc._compiled.get_property("INFERENCE_PRECISION_HINT")) == "<Type: 'float32'>"
+
+
 def test_compiled_entry_missing_compiles_from_the_cached_conversion(built, no_convert):
     model, cache, _ = built
     root = EntryCache(cache)
