@@ -16,7 +16,8 @@ image), plus the features' relative error (image_embed and the two high-resoluti
 largest of the three). Random weights give near-equal logits for many pixels, where any rounding
 flips the argmax, so the same is measured with the tiny fixture checkpoint (trained-ish
 weights, image size 1024) as well. For scale, two more rows: torch fp32 on the frames after a
-JPEG round trip (quality 95, and 70: CVAT's default image quality for a task's frames).
+JPEG round trip (quality 95, and 70: CVAT's default image quality for a task's frames), and
+torch bf16 autocast (what precision auto already takes on recent GPUs).
 
 Not a test: it prints figures, it asserts nothing.
 """
@@ -119,7 +120,8 @@ def agreement(name, ckpt, config, images, cache_dir, threads) -> None:
     print(f"\n== label agreement with torch fp32: {name} ==")
     model = None
     results = {}
-    for v in variants():
+    # torch bf16 (autocast) too: the precision the GPU path's auto already takes, for comparison.
+    for v in variants() + [("torch", "bf16")]:
         opts = PipelineOptions(checkpoint=str(ckpt), config=str(config) if config else DEFAULT_CONFIG,
                                runtime=v[0], precision=v[1], ov_cache_dir=str(cache_dir), cache_mb=0,
                                torch_threads=threads)
@@ -131,7 +133,8 @@ def agreement(name, ckpt, config, images, cache_dir, threads) -> None:
             feats.append([encoded.features.image_embed, *encoded.features.high_res_feats])
             maps.append(pipeline.predict(encoded).label_map)
         enc = pipeline.predictor.encoder
-        results[v] = (maps, feats, "torch" if enc is None else f"openvino {enc.precision}")
+        runs_as = f"torch {'bf16' if pipeline.predictor.bf16 else 'fp32'}" if enc is None else f"openvino {enc.precision}"
+        results[v] = (maps, feats, runs_as)
     # For scale: torch fp32 on the same frames after a JPEG round trip, as CVAT serves a task's
     # frames (its default image quality is 70): how much the labels move for a change of the
     # input that deployments already accept.
@@ -144,7 +147,7 @@ def agreement(name, ckpt, config, images, cache_dir, threads) -> None:
             encoded = pipeline.encode(jpeg_round_trip(g, quality))
             feats.append([encoded.features.image_embed, *encoded.features.high_res_feats])
             maps.append(pipeline.predict(encoded).label_map)
-        results[("torch fp32, frame as JPEG", f"q{quality}")] = (maps, feats, "torch")
+        results[("torch fp32, frame as JPEG", f"q{quality}")] = (maps, feats, "torch fp32")
     ref_maps, ref_feats, _ = results[BASE]
     print(f"{'variant':<42}{'runs as':<16}{'pixels equal':>14}{'worst image':>13}{'feature rel err':>17}")
     for v, (maps, feats, runs_as) in results.items():

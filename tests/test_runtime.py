@@ -109,7 +109,7 @@ def test_options_table_has_the_runtime_settings():
 
 def test_pipeline_encodes_through_openvino_and_decodes_in_torch(small_model, tmp_path):
     model, cfg = small_model
-    ov = Pipeline(PipelineOptions(checkpoint=str(TINY_CKPT), config=str(cfg), runtime="openvino",
+    ov = Pipeline(PipelineOptions(checkpoint=str(TINY_CKPT), config=str(cfg), runtime="openvino", precision="fp32",
                                   ov_cache_dir=str(tmp_path)), model=model)
     pt = Pipeline(PipelineOptions(checkpoint=str(TINY_CKPT), config=str(cfg), runtime="torch"), model=model)
     assert isinstance(ov.predictor.encoder, OpenVINOEncoder) and ov.predictor.encoder.precision == "fp32"
@@ -125,9 +125,15 @@ def test_pipeline_encodes_through_openvino_and_decodes_in_torch(small_model, tmp
     la, lb = ov.predict(a).label_map, pt.predict(b).label_map
     assert (la == lb).mean() > 0.999
     # a second pipeline on the same cache: no conversion
-    again = Pipeline(PipelineOptions(checkpoint=str(TINY_CKPT), config=str(cfg), runtime="auto",
+    again = Pipeline(PipelineOptions(checkpoint=str(TINY_CKPT), config=str(cfg), runtime="auto", precision="fp32",
                                      ov_cache_dir=str(tmp_path)), model=model)
     assert again.predictor.encoder.source == "compiled"
+    # precision auto: bf16 where the CPU has the instructions (AUTO_BF16), from the same conversion
+    auto = Pipeline(PipelineOptions(checkpoint=str(TINY_CKPT), config=str(cfg), ov_cache_dir=str(tmp_path)),
+                    model=model)
+    expected = "bf16" if rt.AUTO_BF16 and cpu_features.has_bf16() else "fp32"
+    assert auto.predictor.encoder.precision == expected
+    assert auto.predictor.encoder.source == ("ir" if expected == "bf16" else "compiled")
 
 
 @pytest.mark.parametrize("runtime", ["torch", "openvino"])
@@ -206,7 +212,8 @@ def test_segment_batches_give_the_same_results(tmp_path, capsys):
 
 
 def test_nuclio_second_start_does_not_convert(tmp_path, monkeypatch):
-    env = {"SAM2OCT_RUNTIME": "openvino", "SAM2OCT_OV_CACHE_DIR": str(tmp_path / "ov"), "SAM2OCT_WARMUP": "1"}
+    env = {"SAM2OCT_RUNTIME": "openvino", "SAM2OCT_PRECISION": "fp32", "SAM2OCT_OV_CACHE_DIR": str(tmp_path / "ov"),
+           "SAM2OCT_WARMUP": "1"}
     first = Worker(**env)
     assert first.model.pipeline.predictor.encoder.source == "converted"
     ready = [line for line in first.log.lines("info") if "ready" in line]

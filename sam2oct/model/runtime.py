@@ -3,7 +3,8 @@
 - ``torch``: the model's own encode_image (precision: bf16 autocast where asked or, under
   ``auto``, on CUDA devices of compute capability 8.0 or more).
 - ``openvino``: the image encoder compiled by OpenVINO (CPU only); the decoder stays in PyTorch,
-  in fp32. ``fp32``; ``bf16`` only on a CPU with AVX512-BF16 or AMX; ``auto`` see AUTO_BF16.
+  in fp32. ``fp32``; ``bf16`` only on a CPU with AVX512-BF16 or AMX; ``auto``: bf16 on such a
+  CPU (AUTO_BF16), else fp32.
 - ``auto``: OpenVINO on a CPU device when the openvino package is installed, else torch.
 """
 
@@ -18,8 +19,8 @@ from sam2oct.model import cpu_features
 
 RUNTIMES = ("auto", "torch", "openvino")
 # Whether precision auto takes bf16 on a CPU with bf16 instructions under OpenVINO. Decided from
-# the label agreement measured by benchmarks/bench_cpu_runtime.py: see docs/cpu.md.
-AUTO_BF16 = False
+# the label agreement measured by benchmarks/bench_cpu_runtime.py: see docs/cpu.md ("the decision").
+AUTO_BF16 = True
 
 
 def openvino_installed() -> bool:

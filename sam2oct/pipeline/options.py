@@ -62,8 +62,8 @@ class PipelineOptions:
                 "torch or openvino (CPU only; the decoder stays in torch)",
         env="SAM2OCT_RUNTIME", flag="--runtime", choices=RUNTIMES)
     precision: str = option(
-        "auto", "auto (torch: bf16 autocast on CUDA devices of compute capability 8.0 or more; openvino: fp32, "
-                "see docs/cpu.md), bf16 (openvino: a CPU with avx512_bf16 or amx_bf16 only) or fp32",
+        "auto", "auto (torch: bf16 autocast on CUDA devices of compute capability 8.0 or more; openvino: bf16 on "
+                "CPUs with avx512_bf16 or amx_bf16, see docs/cpu.md; else fp32), bf16 (openvino: such CPUs only) or fp32",
         env="SAM2OCT_PRECISION", flag="--precision", choices=PRECISIONS)
     ov_cache_dir: str = option(
         "", "folder of the converted OpenVINO encoder (converted once per checkpoint); empty = "
