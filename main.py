@@ -5,6 +5,7 @@ import traceback
 
 from model_handler import ModelHandler
 from sam2oct.errors import RequestError, describe
+from sam2oct.pipeline import timing
 from sam2oct.pipeline.options import OPTION_ENV
 from sam2oct.serving.settings import Settings
 
@@ -39,7 +40,10 @@ def _respond(context, status, text):
 def handler(context, event):
     model = context.user_data.model
     try:
-        return _respond(context, 200, model.infer_json(event.body))
+        with timing.recording() as timings:
+            text = model.infer_json(event.body)
+        context.logger.debug(f"sam2-oct: request: {timings}; reply {len(text)} bytes")
+        return _respond(context, 200, text)
     except RequestError as exc:
         message = describe(exc, OPTION_ENV)
         context.logger.warn(f"sam2-oct: refused ({exc.status}): {message}")

@@ -3,17 +3,20 @@
 import json
 import logging
 import uuid
+from dataclasses import replace
 
 import numpy as np
 
 from sam2oct.geometry import masks, polygons
 from sam2oct.serving import cvat_request
 from sam2oct.errors import RequestError, Sam2OctError, describe
+from sam2oct.logs import forwarded, option_names
+from sam2oct.model.discovery import find_checkpoint
 from sam2oct.pipeline.pipeline import Pipeline
 from sam2oct.pipeline.options import OPTION_ENV
 from sam2oct.serving.settings import Settings
 
-log = logging.getLogger("sam2oct")
+log = logging.getLogger("sam2oct.model_handler")
 
 # Stands for a field in the reply's JSON until its text, made faster, takes its place.
 _SLOT = f"sam2oct-slot-{uuid.uuid4().hex}"
@@ -37,14 +40,18 @@ class ModelHandler:
         self.log = logger or log
         # nuclio's logger has warn(), Python's logging warning()
         self._warn = getattr(self.log, "warning", None) or self.log.warn
-        try:
-            self.pipeline = Pipeline(settings.options)
-        except Sam2OctError as exc:  # the same error, in this front door's names
-            raise type(exc)(describe(exc, OPTION_ENV)) from exc
-        for message, option in self.pipeline.warnings:
-            self._warn(f"sam2-oct: {OPTION_ENV.get(option, option)}: {message}")
-        if settings.warmup:
-            self.pipeline.warm_up()
+        # The library's warnings name the environment variables and reach Nuclio's logger.
+        with option_names(OPTION_ENV), forwarded(lambda level, message: self._warn(f"sam2-oct: {message}")):
+            try:
+                options = settings.options
+                if not options.checkpoint:  # no SAM2_CHECKPOINT: a released one in the Hugging Face cache
+                    found = find_checkpoint(profile=options.profile, env_var=None, models_dir=None)
+                    options = replace(options, checkpoint=found.path, profile=found.profile or options.profile)
+                self.pipeline = Pipeline(options)
+            except Sam2OctError as exc:  # the same error, in this front door's names
+                raise type(exc)(describe(exc, OPTION_ENV)) from exc
+            if settings.warmup:
+                self.pipeline.warm_up()
 
     @property
     def profile(self):

@@ -12,8 +12,7 @@ Everything else is the pipeline's; this module only translates between cvat-sdk'
 from __future__ import annotations
 
 import logging
-import os
-from dataclasses import MISSING, dataclass, fields
+from dataclasses import MISSING, dataclass, fields, replace
 
 import cvat_sdk.auto_annotation as cvataa
 import numpy as np
@@ -23,6 +22,8 @@ from cvat_sdk.masks import decode_mask, encode_mask
 from sam2oct.geometry import polygons
 from sam2oct.serving import cvat_request
 from sam2oct.errors import ConfigError, RequestError, Sam2OctError, describe
+from sam2oct.logs import option_names
+from sam2oct.model.discovery import find_checkpoint
 from sam2oct.pipeline.options import OPTION_ENV, OPTION_HELP, PipelineOptions
 from sam2oct.pipeline.pipeline import Pipeline
 
@@ -39,7 +40,7 @@ except ImportError:  # the SDK alone (cvat_sdk.auto_annotation.annotate_task cal
     class _CliShowsMessage(Exception):
         pass
 
-log = logging.getLogger("sam2oct")
+log = logging.getLogger(__name__)
 
 KINDS = ("detector", "interactor", "tracker")
 CHECKPOINT_ENV = OPTION_ENV["checkpoint"]
@@ -82,17 +83,18 @@ def create(**params):
             raise ParameterError(f"-p {name}: {value!r} is text, and {name} is a number: write "
                                  f"-p {name}={parameter_type(name)}:{value}", option=name)
     names = dict(PARAMETER_NAMES)
-    if not params.get("checkpoint"):
-        params["checkpoint"] = os.environ.get(CHECKPOINT_ENV) or None
-        names["checkpoint"] = (f"{CHECKPOINT_ENV} (no -p checkpoint given)" if params["checkpoint"]
-                               else f"-p checkpoint=str:PATH (or {CHECKPOINT_ENV})")
     try:
         options = PipelineOptions(**params)
-        function = {"detector": Detector, "interactor": Interactor, "tracker": Tracker}[kind](options)
+        if not options.checkpoint:  # $SAM2_CHECKPOINT, else ./models, else the Hugging Face cache
+            names["checkpoint"] = f"-p checkpoint=str:PATH (or {CHECKPOINT_ENV})"
+            found = find_checkpoint(profile=options.profile)
+            if found.source == "env":
+                names["checkpoint"] = f"{CHECKPOINT_ENV} (no -p checkpoint given)"
+            options = replace(options, checkpoint=found.path, profile=found.profile or options.profile)
+        with option_names(names):  # the pipeline's warnings name -p parameters
+            function = {"detector": Detector, "interactor": Interactor, "tracker": Tracker}[kind](options)
     except Sam2OctError as exc:  # the same error, in this front door's names
         raise ParameterError(describe(exc, names), option=exc.option) from exc
-    for message, option in function.pipeline.warnings:
-        log.warning("sam2-oct: %s: %s", names.get(option, option), message)
     return function
 
 

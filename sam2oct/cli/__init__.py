@@ -18,10 +18,12 @@ of ``OPTION_NAMES``) and ``main`` says it in the command line's names.
 
 import argparse
 import sys
+from collections import ChainMap
 
 from sam2oct.cli import convert, download, evaluate, finetune, segment
 from sam2oct.cli.flags import OPTION_NAMES
 from sam2oct.errors import Sam2OctError, describe
+from sam2oct.logs import forwarded, option_names
 
 COMMANDS = (segment, download, convert, evaluate, finetune)
 
@@ -43,11 +45,18 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _print_warning(level, message) -> None:
+    print(f"warning: {message}", file=sys.stderr)  # sys.stderr as it is now (tests replace it)
+
+
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)  # usage errors: one line and exit 2 (_Parser.error)
+    # A command may rename an option (args.option_names: the checkpoint from $SAM2_CHECKPOINT, say);
+    # errors and the library's warnings then say it in those names.
+    names = ChainMap(vars(args).setdefault("option_names", {}), OPTION_NAMES)
     try:
-        return args.run(args)
+        with option_names(names), forwarded(_print_warning):
+            return args.run(args)
     except Sam2OctError as exc:
-        names = {**OPTION_NAMES, **getattr(args, "option_names", {})}
         print(f"error: {describe(exc, names)}", file=sys.stderr)
         return 2

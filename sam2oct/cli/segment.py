@@ -4,7 +4,7 @@ import json
 import sys
 from pathlib import Path
 
-from sam2oct.cli.flags import OPTION_NAMES, SEGMENT_OPTIONS, add_option_flags, option_values, with_checkpoint
+from sam2oct.cli.flags import SEGMENT_OPTIONS, add_option_flags, option_values, with_checkpoint
 from sam2oct.cli.overlay import render_overlay
 from sam2oct.cli.paths import check_destination, check_images, overlay_targets, read_image_file, write_output
 
@@ -21,9 +21,7 @@ def run(args) -> int:
     options = with_checkpoint(args, options)
     preflight(options)  # device, config, checkpoint and profile, without building the model
 
-    pipeline = Pipeline(options)
-    for message, option in pipeline.warnings:
-        print(f"warning: {OPTION_NAMES.get(option, option)}: {message}", file=sys.stderr)
+    pipeline = Pipeline(options)  # its warnings reach stderr through logging (cli.main)
     labels = pipeline.labels
     results = []
     for path, overlay in zip(args.images, overlays):

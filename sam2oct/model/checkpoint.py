@@ -7,6 +7,7 @@ never run with random or cloned weights.
 import hashlib
 import json
 import pickle
+import re
 import zipfile
 from importlib import resources
 from pathlib import Path
@@ -199,7 +200,7 @@ def verify_recorded_checksum(path) -> bool:
     Returns False when no record covers the file (nothing to check), True when it matched."""
     record_file = checksums_file_for(path)
     if record_file is None:
-        return False
+        return verify_hub_blob(path)
     path = Path(path).resolve()
     entry = read_checksums(record_file).get(path.relative_to(record_file.parent.resolve()).as_posix())
     if entry is None:
@@ -209,6 +210,21 @@ def verify_recorded_checksum(path) -> bool:
         raise CheckpointError(
             f"{path}: sha256 {actual} does not match {entry['sha256']} recorded in {record_file} "
             f"when it was downloaded: the file changed; download it again", option="checkpoint",
+        )
+    return True
+
+
+def verify_hub_blob(path) -> bool:
+    """A file of the Hugging Face cache is a link to blobs/<sha256 of the file> (for LFS files):
+    refuse it when its bytes no longer have that digest. False when it is not such a file."""
+    blob = Path(path).resolve()
+    if blob.parent.name != "blobs" or not re.fullmatch(r"[0-9a-f]{64}", blob.name):
+        return False
+    actual = sha256_of(blob)
+    if actual != blob.name:
+        raise CheckpointError(
+            f"{path}: sha256 {actual} does not match {blob.name}, the digest the Hugging Face cache "
+            f"stored it under: the file changed; delete {blob} and download it again", option="checkpoint",
         )
     return True
 

@@ -49,29 +49,16 @@ def stored_checkpoints(models_dir="models") -> dict:
     return {name: path for name, path in found.items() if path.is_file()}
 
 
-def stored_checkpoint(models_dir="models", profile: str | None = None) -> tuple:
-    """(path, profile) of the checkpoint to use when none is named: the downloaded one of
-    ``profile`` if given, else the only one downloaded. Otherwise a CheckpointError that says
-    what is there and the command that fetches the missing one (the checksum recorded at
-    download time is checked when the model loads)."""
-    stored = stored_checkpoints(models_dir)
-    folder = f"{Path(models_dir)}/"
-    there = ", ".join(f"{name} ({path})" for name, path in stored.items())
-    if profile:
-        if profile in stored:
-            return stored[profile], profile
-        also = f" (downloaded: {there})" if stored else ""
-        raise CheckpointError(f"no checkpoint given and no {profile} checkpoint in {folder}{also}; "
-                              f"download it with: {download_command(profile, models_dir)}", option="checkpoint")
-    if len(stored) == 1:
-        (name, path), = stored.items()
-        return path, name
-    if not stored:
-        raise CheckpointError(f"no checkpoint given and none downloaded into {folder}; download one with: "
-                              f"{download_command('nr206', models_dir)}   (or mgu, mgu_prompted)", option="checkpoint")
-    # Several: the profile decides (option "profile", so the front door names its own flag for it).
-    raise CheckpointError(f"no checkpoint given and {len(stored)} downloaded into {folder}: {there}; "
-                          f"choose one: {' or '.join(stored)}", option="profile")
+def published_sha256(profile_name: str, revision: str, api) -> tuple:
+    """(commit, sha256) the hub publishes for a profile's file at a revision: the commit pins the
+    download (a branch name moves, a commit does not), the sha256 checks it."""
+    filename = PROFILES[profile_name].hf_filename
+    commit = api.model_info(HF_REPO, revision=revision).sha
+    (info,) = api.get_paths_info(HF_REPO, [filename], revision=commit, expand=True)
+    expected = info.lfs.sha256 if info.lfs else None
+    if not expected:
+        raise CheckpointError(f"the hub publishes no sha256 for {HF_REPO}/{filename}@{commit}")
+    return commit, expected
 
 
 def download(profile_name: str, models_dir="models", revision: str | None = None, api=None) -> Path:
@@ -83,13 +70,8 @@ def download(profile_name: str, models_dir="models", revision: str | None = None
     record_file = models_dir / CHECKSUMS_NAME
     records = read_checksums(record_file)
     key = stored_key(profile_name)
-    api = api or HfApi()
     revision = revision or records.get(key, {}).get("revision") or HF_REVISION
-    commit = api.model_info(HF_REPO, revision=revision).sha  # pin: a branch name moves, a commit does not
-    (info,) = api.get_paths_info(HF_REPO, [profile.hf_filename], revision=commit, expand=True)
-    expected = info.lfs.sha256 if info.lfs else None
-    if not expected:
-        raise CheckpointError(f"the hub publishes no sha256 for {HF_REPO}/{profile.hf_filename}@{commit}")
+    commit, expected = published_sha256(profile_name, revision, api or HfApi())
 
     target = models_dir / key
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -109,6 +91,33 @@ def download(profile_name: str, models_dir="models", revision: str | None = None
     records[key] = {"sha256": actual, "repo": HF_REPO, "filename": profile.hf_filename, "revision": commit}
     record_file.write_text(json.dumps(records, indent=2, sort_keys=True) + "\n")
     return target
+
+
+def fetch_to_cache(profile_name: str, revision: str | None = None, cache_dir=None, api=None) -> Path:
+    """Download one profile's checkpoint into the Hugging Face cache (huggingface_hub's own
+    progress bar), pinned to a commit and verified as download() verifies; a file that fails is
+    deleted from the cache."""
+    from huggingface_hub import HfApi, hf_hub_download
+
+    profile = PROFILES[profile_name]
+    commit, expected = published_sha256(profile_name, revision or HF_REVISION, api or HfApi())
+    fetched = Path(hf_hub_download(HF_REPO, profile.hf_filename, revision=commit, cache_dir=cache_dir))
+    try:
+        actual = sha256_of(fetched)
+        if actual != expected:
+            raise CheckpointError(f"{profile.hf_filename}: sha256 {actual} != {expected} published by the hub; "
+                                  f"the downloaded file was deleted")
+        try:
+            check_profile_file(fetched, profile_name)
+        except CheckpointError as exc:
+            raise CheckpointError(f"downloaded file failed the load check and was deleted: {exc}") from exc
+    except CheckpointError:
+        blob = fetched.resolve()
+        fetched.unlink(missing_ok=True)  # the snapshot's link, then the blob it pointed to
+        if blob != fetched:
+            blob.unlink(missing_ok=True)
+        raise
+    return fetched
 
 
 def convert(src, dst, config=None) -> dict:

@@ -12,6 +12,7 @@ default lives in ``PipelineOptions``; errors name the option neutrally (``exc.op
 from __future__ import annotations
 
 import hashlib
+import logging
 
 import numpy as np
 import shapely
@@ -20,6 +21,7 @@ from PIL import Image
 from scipy import ndimage
 
 from sam2oct.geometry import polygons
+from sam2oct.logs import warn_option
 from sam2oct.errors import RequestError
 from sam2oct.geometry.images import gray_from_pil, read_image
 from sam2oct.model.checkpoint import load_config, num_classes_of, read_state_dict
@@ -31,6 +33,9 @@ from sam2oct.model.profiles import Profile, resolve_profile
 from sam2oct.pipeline.cache import FrameShapes, SmallLRU
 from sam2oct.pipeline.options import PipelineOptions
 from sam2oct.pipeline.results import Interaction, Region
+from sam2oct.pipeline.timing import note, stage
+
+log = logging.getLogger(__name__)
 
 def preflight(options: PipelineOptions) -> Profile:
     """What ``Pipeline(options)`` would refuse, found without building the model (a fraction of a
@@ -54,7 +59,6 @@ class Pipeline:
 
     def __init__(self, options: PipelineOptions, *, model=None):
         self.options = options
-        self.warnings = []  # (message, option) pairs the adapter should log, in its own names
         device = resolve_device(options.device)  # first: a device fault is not a checkpoint problem
         if options.torch_threads:
             torch.set_num_threads(options.torch_threads)
@@ -63,10 +67,9 @@ class Pipeline:
         model = move_to_device(model, device)
         self.profile = resolve_profile(model.num_classes, options.profile or None, options.class_names or None)
         if not options.profile and self.profile.name == "mgu":
-            self.warnings.append((
-                "the checkpoint has 11 classes and no profile is set, so it runs as 'mgu' (clicks only "
-                "select); if it is the MGU_prompted checkpoint, set the profile to mgu_prompted so clicks, "
-                "box and brush reach the model", "profile"))
+            warn_option(log, "the checkpoint has 11 classes and no profile is set, so it runs as 'mgu' (clicks "
+                        "only select); if it is the MGU_prompted checkpoint, set the profile to mgu_prompted so "
+                        "clicks, box and brush reach the model", "profile")
         self.preprocess = options.preprocess or self.profile.preprocess
         bf16 = None if options.precision == "auto" else options.precision == "bf16"
         self.predictor = SemanticPredictor(model, self.preprocess, cache_bytes=int(options.cache_mb * (1 << 20)), bf16=bf16)
@@ -87,7 +90,8 @@ class Pipeline:
 
     def read_image(self, data: bytes) -> np.ndarray:
         try:
-            return read_image(data, self.options.max_pixels)
+            with stage("decode"):
+                return read_image(data, self.options.max_pixels)
         except RequestError as exc:
             if exc.status == 413:  # the pixel limit is a setting: let the front door name it
                 exc.option = "max_pixels"
@@ -101,7 +105,12 @@ class Pipeline:
         return gray_from_pil(image)
 
     def encode(self, gray: np.ndarray) -> EncodedImage:
-        return self.predictor.encode(gray)
+        calls = self.predictor.encoder_calls
+        with stage("encode") as mark:
+            encoded = self.predictor.encode(gray)
+            if self.predictor.encoder_calls == calls:
+                mark.name = "encode cache hit"
+        return encoded
 
     def encode_file(self, data: bytes) -> EncodedImage:
         """Image file bytes -> features, as ``encode(read_image(data))``. CVAT resends the frame
@@ -113,6 +122,8 @@ class Pipeline:
             gray = self.read_image(data)
             if gray.nbytes <= _RECENT_FILE_BYTES:
                 self._recent_files.put(digest, gray)
+        else:
+            note("decode", "kept from the last request")
         return self.encode(gray)
 
     # --- features to label map -----------------------------------------------------------
@@ -140,8 +151,9 @@ class Pipeline:
 
     def shapes(self, label_map: np.ndarray) -> list:
         """Polygons of every layer region, with shared boundaries, named in the reply style."""
-        return polygons.label_map_to_shapes(label_map, self.labels, tolerance=self.options.simplify,
-                                            min_area=self.options.min_area)
+        with stage("trace"):
+            return polygons.label_map_to_shapes(label_map, self.labels, tolerance=self.options.simplify,
+                                                min_area=self.options.min_area)
 
     def frame_shapes(self, encoded: EncodedImage, prediction: Prediction) -> list:
         """The shapes of a frame's unprompted label map, traced once per frame."""
@@ -151,6 +163,8 @@ class Pipeline:
         if cached is None:
             cached = FrameShapes(self.shapes(prediction.label_map))
             self._shapes.put(encoded.key, cached)
+        else:
+            note("trace", "cached")
         return cached.shapes
 
     def cached_shapes(self, encoded: EncodedImage):
