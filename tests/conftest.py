@@ -12,6 +12,14 @@ TINY_CONFIG = PARITY_DIR / "tiny_k9.yaml"
 DATA = ROOT / "tests" / "data"
 
 
+@pytest.fixture(autouse=True)
+def empty_hub_cache(monkeypatch, tmp_path_factory):
+    """Checkpoint discovery ends in the Hugging Face cache: the tests' is an empty folder of their
+    own, never the machine's (a test that fills one points HF_HUB_CACHE elsewhere)."""
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path_factory.getbasetemp() / "hf-hub-cache-empty"))
+    monkeypatch.delenv("HF_HOME", raising=False)
+
+
 @pytest.fixture(scope="session")
 def tiny_model():
     from sam2oct.model.checkpoint import load_model
