@@ -26,7 +26,8 @@ from sam2oct import cli
 from sam2oct.cli import flags
 from sam2oct.model.checkpoint import build_model, load_model
 from sam2oct.errors import CheckpointError
-from sam2oct.model.hub import stored_checkpoint, stored_key
+from sam2oct.model.discovery import find_checkpoint
+from sam2oct.model.hub import stored_key
 from sam2oct.pipeline.options import OPTION_HELP, PipelineOptions
 from sam2oct.geometry.polygons import label_map_to_shapes
 from sam2oct.model.predictor import SemanticPredictor
@@ -247,25 +248,29 @@ def store(models: Path, profile: str, source=TINY_CKPT) -> Path:
 def test_stored_checkpoint_lookup(tmp_path):
     models = tmp_path / "models"
     with pytest.raises(CheckpointError) as none:
-        stored_checkpoint(models)
+        find_checkpoint(models_dir=models)
     assert none.value.option == "checkpoint"
     assert f"python -m sam2oct download nr206 --models-dir {models}" in str(none.value)
 
+    def found(profile=None):
+        f = find_checkpoint(profile=profile, models_dir=models)
+        return Path(f.path), f.profile
+
     nr206 = store(models, "nr206")
-    assert stored_checkpoint(models) == (nr206, "nr206")
-    assert stored_checkpoint(models, "nr206") == (nr206, "nr206")
+    assert found() == (nr206, "nr206")
+    assert found("nr206") == (nr206, "nr206")
     with pytest.raises(CheckpointError) as other:
-        stored_checkpoint(models, "mgu")  # only another profile's is there: fetch this one
+        found("mgu")  # only another profile's is there: fetch this one
     assert f"python -m sam2oct download mgu --models-dir {models}" in str(other.value) and str(nr206) in str(other.value)
 
     mgu = store(models, "mgu")
     with pytest.raises(CheckpointError) as several:
-        stored_checkpoint(models)
+        found()
     assert several.value.option == "profile"  # the front door names its profile setting
     assert str(nr206) in str(several.value) and str(mgu) in str(several.value)
-    assert stored_checkpoint(models, "mgu") == (mgu, "mgu")
+    assert found("mgu") == (mgu, "mgu")
     nr206.unlink()  # recorded once, gone now: not offered
-    assert stored_checkpoint(models) == (mgu, "mgu")
+    assert found() == (mgu, "mgu")
 
 
 def test_segment_finds_the_downloaded_checkpoint(small_scans, tmp_path, capsys):
