@@ -45,7 +45,7 @@ class ModelHandler:
             try:
                 options = settings.options
                 if not options.checkpoint:  # no SAM2_CHECKPOINT: a released one in the Hugging Face cache
-                    found = find_checkpoint(profile=options.profile, env_var=None, models_dir=None)
+                    found = find_checkpoint(profile=options.profile, models_dir=None)
                     options = replace(options, checkpoint=found.path, profile=found.profile or options.profile)
                 self.pipeline = Pipeline(options)
             except Sam2OctError as exc:  # the same error, in this front door's names

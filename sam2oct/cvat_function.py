@@ -87,7 +87,7 @@ def create(**params):
         options = PipelineOptions(**params)
         if not options.checkpoint:  # $SAM2_CHECKPOINT, else ./models, else the Hugging Face cache
             names["checkpoint"] = f"-p checkpoint=str:PATH (or {CHECKPOINT_ENV})"
-            found = find_checkpoint(profile=options.profile)
+            found = find_checkpoint(profile=options.profile, env_var=CHECKPOINT_ENV)
             if found.source == "env":
                 names["checkpoint"] = f"{CHECKPOINT_ENV} (no -p checkpoint given)"
             options = replace(options, checkpoint=found.path, profile=found.profile or options.profile)

@@ -16,8 +16,11 @@ DATA = ROOT / "tests" / "data"
 def empty_hub_cache(monkeypatch, tmp_path_factory):
     """Checkpoint discovery ends in the Hugging Face cache: the tests' is an empty folder of their
     own, never the machine's (a test that fills one points HF_HUB_CACHE elsewhere)."""
-    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path_factory.getbasetemp() / "hf-hub-cache-empty"))
-    monkeypatch.delenv("HF_HOME", raising=False)
+    import huggingface_hub.constants
+
+    empty = str(tmp_path_factory.getbasetemp() / "hf-hub-cache-empty")
+    monkeypatch.setenv("HF_HUB_CACHE", empty)  # a subprocess's huggingface_hub reads it at import
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", empty)  # this process's read it already
 
 
 @pytest.fixture(scope="session")

@@ -224,6 +224,7 @@ def doc_commands():
     return [shlex.split(line)[1:] for line in lines if line.startswith(".venv/bin/cvat-cli ")]
 
 
+@pytest.mark.docs
 def test_docs_quote_every_kind():
     commands = [" ".join(argv) for argv in doc_commands()]
     assert sum("task auto-annotate" in c for c in commands) == 2
@@ -238,6 +239,7 @@ def doc_task_labels(profile):
     return json.loads(re.search(r"`(\[.*\])`", row).group(1))
 
 
+@pytest.mark.docs
 @pytest.mark.parametrize("argv", doc_commands(), ids=lambda a: " ".join(a[4:7]))
 def test_docs_commands_run_through_cvat_cli(argv):
     """Each documented command line, parsed by cvat-cli's parser and loaded by its loader.
@@ -270,11 +272,13 @@ def test_docs_commands_run_through_cvat_cli(argv):
             assert all(s.score >= ns.conf_threshold for s in kept)
 
 
+@pytest.mark.docs
 @pytest.mark.parametrize("profile", ["nr206", "mgu"])
 def test_docs_task_labels_are_the_profile_layers(profile):
     assert [d["name"] for d in doc_task_labels(profile)] == list(PROFILES[profile].class_names[1:])
 
 
+@pytest.mark.docs
 def test_docs_list_every_parameter():
     text = doc_text()
     for name, meaning in cvat_function.PARAMETERS.items():

@@ -64,7 +64,8 @@ def put_in_cache(cache: Path, profile: str, payload=TINY_CKPT, commit=COMMIT_A, 
 @pytest.fixture
 def cache(tmp_path, monkeypatch):
     folder = tmp_path / "hf-cache"
-    monkeypatch.setenv("HF_HUB_CACHE", str(folder))
+    monkeypatch.setenv("HF_HUB_CACHE", str(folder))  # for a subprocess
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(folder))  # read at import
     return folder
 
 
@@ -122,8 +123,9 @@ def test_discovery_order(tmp_path, cache, monkeypatch):
     assert find_checkpoint(models_dir=None).path == str(in_cache)  # a front door without a store
 
     monkeypatch.setenv("SAM2_CHECKPOINT", "/from/env.pt")
-    assert find_checkpoint(models_dir=models) == type(found)("/from/env.pt", "env")
-    assert find_checkpoint(models_dir=models, env_var=None).path == str(stored)
+    assert find_checkpoint(models_dir=models, env_var="SAM2_CHECKPOINT") == \
+        type(found)("/from/env.pt", "env", env_var="SAM2_CHECKPOINT")
+    assert find_checkpoint(models_dir=models).path == str(stored)  # no variable named: not read
     assert find_checkpoint("given.pt", models_dir=models).source == "given"
 
     monkeypatch.delenv("SAM2_CHECKPOINT")
@@ -220,7 +222,7 @@ class FakeHub:
         assert repo_id == HF_REPO and "local_dir" not in kw
         self.downloads.append((filename, revision))
         profile = next(name for name, p in PROFILES.items() if p.hf_filename == filename)
-        return str(put_in_cache(Path(cache_dir or os.environ["HF_HUB_CACHE"]), profile, self.payload, revision,
+        return str(put_in_cache(Path(cache_dir or huggingface_hub.constants.HF_HUB_CACHE), profile, self.payload, revision,
                                 ref=False))
 
 

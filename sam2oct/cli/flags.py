@@ -70,7 +70,7 @@ def with_checkpoint(args, options: PipelineOptions) -> PipelineOptions:
         return options
     from sam2oct.model.discovery import find_checkpoint
 
-    found = find_checkpoint(profile=options.profile, models_dir=getattr(args, "models_dir", "models"))
+    found = find_checkpoint(profile=options.profile, env_var=CHECKPOINT_ENV, models_dir=getattr(args, "models_dir", "models"))
     if found.source == "env":  # its errors name where it came from
         vars(args).setdefault("option_names", {})["checkpoint"] = CHECKPOINT_ENV
     print(f"using checkpoint {found.describe()}", file=sys.stderr)

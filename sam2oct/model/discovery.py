@@ -1,7 +1,7 @@
 """Which checkpoint to use: the one place every front door asks.
 
 In order: a path given (--checkpoint, ``-p checkpoint``, the Nuclio variable, a Python argument);
-else ``$SAM2_CHECKPOINT``; else the checkpoint ``python -m sam2oct download`` stored under the
+else the environment variable the front door names (the options table's, for the checkpoint); else the checkpoint ``python -m sam2oct download`` stored under the
 models folder; else a released checkpoint in the Hugging Face hub cache (where
 ``Segmenter.from_pretrained`` and ``hf_hub_download`` put it). A stored one also names its profile.
 Errors name the option neutrally (``checkpoint``, or ``profile`` when several are there); each
@@ -20,9 +20,6 @@ from sam2oct.model.profiles import HF_REPO, PROFILES
 
 log = logging.getLogger(__name__)
 
-CHECKPOINT_ENV = "SAM2_CHECKPOINT"
-
-
 @dataclass(frozen=True)
 class Found:
     """A checkpoint and where it was found: "given", "env", "store" (models folder) or "hub cache"."""
@@ -30,21 +27,18 @@ class Found:
     path: str
     source: str
     profile: str | None = None  # the released profile it was stored as (store and hub cache)
+    env_var: str | None = None  # the variable it came from (source "env")
 
     def describe(self) -> str:
-        where = {"given": "given", "env": f"${CHECKPOINT_ENV}", "store": "downloaded",
+        where = {"given": "given", "env": f"${self.env_var}", "store": "downloaded",
                  "hub cache": "Hugging Face cache"}[self.source]
         return f"{self.path} ({where}" + (f", profile {self.profile})" if self.profile else ")")
 
 
 def hub_cache_dir() -> Path:
-    """The Hugging Face hub cache, read from the environment now (huggingface_hub reads it once, at import)."""
+    """The Hugging Face hub cache: huggingface_hub's (HF_HUB_CACHE or HF_HOME, read when it is imported)."""
     from huggingface_hub import constants
 
-    if os.environ.get("HF_HUB_CACHE"):
-        return Path(os.path.expanduser(os.environ["HF_HUB_CACHE"]))
-    if os.environ.get("HF_HOME"):
-        return Path(os.path.expanduser(os.environ["HF_HOME"])) / "hub"
     return Path(constants.HF_HUB_CACHE)
 
 
@@ -77,10 +71,10 @@ def cached_checkpoints(cache_dir=None) -> dict:
     return {name: path for name, path in found.items() if path is not None}
 
 
-def find_checkpoint(given=None, *, profile: str | None = None, env_var: str | None = CHECKPOINT_ENV,
+def find_checkpoint(given=None, *, profile: str | None = None, env_var: str | None = None,
                     models_dir="models", cache_dir=None) -> Found:
-    """The checkpoint to use. ``env_var`` None skips the environment (a front door that read it
-    already); ``models_dir`` None skips the download store. Raises a CheckpointError that says
+    """The checkpoint to use. ``env_var``: the environment variable to read when none is given
+    (None: a front door that read it already); ``models_dir`` None skips the download store. Raises a CheckpointError that says
     what is there and the command that fetches the missing one."""
     from sam2oct.model.hub import download_command, stored_checkpoints
 
@@ -88,7 +82,7 @@ def find_checkpoint(given=None, *, profile: str | None = None, env_var: str | No
         return Found(str(given), "given")
     from_env = os.environ.get(env_var, "").strip() if env_var else ""
     if from_env:
-        return Found(from_env, "env")
+        return Found(from_env, "env", env_var=env_var)
     profile = str(profile or "").strip().lower() or None
     if profile and profile not in PROFILES:
         raise ConfigError(f"profile {profile!r} is not one of {', '.join(PROFILES)}", option="profile")
