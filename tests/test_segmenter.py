@@ -9,6 +9,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -335,3 +336,21 @@ def test_nuclio_logs_each_request_s_stage_timings_at_debug_level(scan):
     assert "encode cache hit" in second and "decode kept" in second and "trace cached" in second
     for line, (_, reply) in zip((first, second), replies):
         assert line.endswith(f"reply {len(json.dumps(reply))} bytes")
+
+
+@pytest.mark.docs
+def test_the_readme_python_example_runs(scan, cache, offline, monkeypatch):
+    """The README's example as written, on the tiny model in the cache (its config, not Hiera B+'s)."""
+    from sam2oct import Segmenter
+
+    text = (ROOT / "README.md").read_text()
+    section = text[text.index("## Segment from Python"):]
+    (block,) = [b for b in re.findall(r"```python\n(.*?)```", section, re.S)][:1]
+    put_in_cache(cache, "nr206")
+    pretrained = Segmenter.from_pretrained.__func__
+    monkeypatch.setattr(Segmenter, "from_pretrained",
+                        classmethod(lambda cls, name, **kw: pretrained(cls, name, config=str(TINY_CONFIG), **kw)))
+    monkeypatch.chdir(scan.parent)
+    namespace = {}
+    exec(compile(block, "README.md", "exec"), namespace)
+    assert namespace["result"].classes == NR206_CLASSES
