@@ -1,8 +1,6 @@
-"""Layer thickness and the ETDRS grid (sam2oct.evaluation.thickness) against an independent scoring.
-
-The scoring here is written apart from the code under test: thickness per A-scan from the
-synthetic volume's analytic boundaries (pixel-centre rule), sectors from a per-A-scan loop on
-angles (atan2) and radii, coverage from circle-segment formulas.
+"""Layer thickness and the ETDRS grid (sam2oct.evaluation.thickness) against an independent
+scoring (tests/thickness_helpers.py: analytic boundaries, a per-A-scan loop on angles and radii),
+coverage against circle-segment formulas, the fovea against the synthetic pit's centre.
 """
 
 import csv
@@ -19,55 +17,7 @@ from sam2oct.evaluation.thickness.maps import write_maps
 from sam2oct.evaluation.thickness.report import measure
 from sam2oct.evaluation.thickness.synthetic import synthetic_macula
 from sam2oct.profiles import MGU_CLASSES, NR206_CLASSES
-
-SECTORS = ["CSF", "SIM", "NIM", "IIM", "TIM", "SOM", "NOM", "IOM", "TOM"]
-
-
-def pixel_counts_from_boundaries(bounds, height):
-    """[K, N, W] pixels per layer: rows whose centre r + 0.5 lies in [top, bottom)."""
-    edges = np.ceil(np.clip(bounds, 0, height) - 0.5)  # first row whose centre is at or below the edge
-    return np.diff(edges, axis=0)
-
-
-def independent_etdrs(thickness_by_layer, fovea, spacing, eye):
-    """{layer: {sector: mean}} by looping over A-scans with explicit polar geometry."""
-    fb, fc = fovea
-    axial, lateral, between = spacing
-    n, w = next(iter(thickness_by_layer.values())).shape
-    sums = {name: {s: 0.0 for s in SECTORS} for name in thickness_by_layer}
-    counts = {s: 0 for s in SECTORS}
-    for b in range(n):
-        for c in range(w):
-            x_mm = (c - fc) * lateral / 1000.0
-            y_mm = (fb - b) * between / 1000.0  # superior (earlier frames) positive
-            r = math.hypot(x_mm, y_mm)
-            if r >= 3.0:
-                continue
-            if r < 0.5:
-                sector = "CSF"
-            else:
-                ring = "IM" if r < 1.5 else "OM"
-                angle = math.degrees(math.atan2(y_mm, x_mm))  # 0 = +x, 90 = superior
-                if 45.0 <= angle <= 135.0:
-                    quadrant = "S"
-                elif -135.0 <= angle <= -45.0:
-                    quadrant = "I"
-                else:
-                    towards_plus_x = -45.0 < angle < 45.0
-                    # right eye: the disc (nasal) is at +x; left eye: at -x
-                    quadrant = "N" if towards_plus_x == (eye == "OD") else "T"
-                sector = quadrant + ring
-            counts[sector] += 1
-            for name, t in thickness_by_layer.items():
-                sums[name][sector] += t[b, c]
-    return {name: {s: sums[name][s] / counts[s] if counts[s] else None for s in SECTORS} for name in sums}
-
-
-def analytic_thickness(vol):
-    counts = pixel_counts_from_boundaries(vol.boundaries, vol.labels.shape[1]) * vol.spacing.axial
-    layers = {name: counts[i] for i, name in enumerate(vol.class_names[1:])}
-    layers["retina"] = counts.sum(axis=0)
-    return layers
+from thickness_helpers import SECTORS, analytic_thickness, independent_etdrs, pixel_counts_from_boundaries
 
 
 @pytest.fixture(scope="module", params=["OD", "OS"])
