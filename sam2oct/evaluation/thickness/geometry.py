@@ -34,7 +34,9 @@ class Spacing:
     def __post_init__(self):
         for name in ("axial", "lateral", "bscan"):
             value = getattr(self, name)
-            if not isinstance(value, (int, float, np.floating, np.integer)) or not math.isfinite(value) or value <= 0:
+            ok = isinstance(value, (int, float, np.floating, np.integer)) and math.isfinite(value)
+            # a single B-scan has no distance to a next one: 0 is allowed there (the grid refuses it)
+            if not ok or value < 0 or (value == 0 and name != "bscan"):
                 raise ThicknessError(f"{name} spacing must be a positive number of µm, not {value!r}",
                                      option="spacing")
 

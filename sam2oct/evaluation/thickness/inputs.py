@@ -8,13 +8,16 @@ B-scans after it. Frame 0 is taken as the most superior B-scan unless the bundle
 the caller says the frames run inferior-first.
 
 volume.json (written by ``cvat-task --out`` beside annotations.xml) gives what an export lacks:
-``spacing_um`` {axial, lateral, bscan}, ``laterality``, ``scan_pattern`` and optionally
-``bscan_order`` ('superior-first' or 'inferior-first') and ``class_names``.
+``spacing_um`` ([axial, lateral, bscan] or {axial, lateral, bscan}, µm; null where unknown),
+``laterality``, ``scan_pattern``, and optionally ``bscan_order`` ('superior-first', the default
+for a bundle since the volume readers put the most superior B-scan first, or 'inferior-first')
+and ``class_names``.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 import zipfile
@@ -57,11 +60,26 @@ def pattern_of(value) -> str | None:
     return None
 
 
-def _optional_spacing(value, where):
+def spacing_of(value, n_bscans: int, where: str) -> Spacing | None:
+    """The spacing a file records, None where it records none (or leaves a needed part unknown:
+    null, NaN or 0 from readers that had nothing). A single B-scan needs no B-scan distance."""
     if value is None:
         return None
+    if isinstance(value, dict):
+        value = [value.get(k) for k in ("axial", "lateral", "bscan")]
     try:
-        return Spacing.of(value)
+        values = [math.nan if v is None else float(v) for v in np.asarray(value, dtype=object).ravel()]
+    except (TypeError, ValueError):
+        raise ThicknessError(f"{where}: spacing {value!r} is not three numbers (axial, lateral, B-scan µm)") from None
+    if len(values) != 3:
+        raise ThicknessError(f"{where}: spacing has {len(values)} numbers, not 3 (axial, lateral, B-scan µm)")
+    known = [math.isfinite(v) and v > 0 for v in values]
+    if n_bscans == 1 and not known[2]:
+        values[2], known[2] = 0.0, True
+    if not all(known):
+        return None
+    try:
+        return Spacing(*values)
     except ThicknessError as exc:
         raise ThicknessError(f"{where}: {exc}") from None
 
@@ -90,15 +108,11 @@ def read_npz(path) -> LabelVolume:
     labels = fields["labels"]
     if labels.ndim == 2:
         labels = labels[None]
-    spacing = fields.get("spacing_um")
-    if spacing is not None:
-        spacing = np.asarray(spacing, dtype=np.float64).ravel()
-        # segment writes zeros (or NaN) where the input said nothing: that is "not known"
-        spacing = None if spacing.size == 3 and not np.all(np.isfinite(spacing) & (spacing > 0)) else spacing
+    spacing = spacing_of(fields.get("spacing_um"), labels.shape[0], str(path))
     laterality = str(fields["laterality"]) if "laterality" in fields else ""
     pattern = pattern_of(str(fields["scan_pattern"])) if "scan_pattern" in fields else None
     return LabelVolume(labels, tuple(str(n) for n in np.asarray(fields["class_names"]).ravel()),
-                       _optional_spacing(spacing, str(path)), _optional_laterality(laterality, str(path)),
+                       spacing, _optional_laterality(laterality, str(path)),
                        pattern, f"{path} (label volume)")
 
 
@@ -226,7 +240,9 @@ def read_export(path, class_names=None, bscan_order: str | None = None) -> Label
     empty = len(frames) - len(by_name)
     if empty:
         notes.append(f"{empty} of {len(frames)} B-scans have no annotation (not covered)")
-    said = meta.get("bscan_order")
+    # cvat-task writes its frames superior-first (the volume readers reorder), so a bundle's
+    # volume.json without a bscan_order says superior-first
+    said = meta.get("bscan_order") or (SUPERIOR_FIRST if meta else None)
     if said is not None and said not in BSCAN_ORDERS:
         raise ThicknessError(f"{where}: bscan_order {said!r} is not one of {', '.join(BSCAN_ORDERS)}")
     if said is not None and bscan_order is not None and said != bscan_order:
@@ -235,6 +251,6 @@ def read_export(path, class_names=None, bscan_order: str | None = None) -> Label
     order = bscan_order or said
     if order == INFERIOR_FIRST:
         labels, frames = labels[::-1], frames[::-1]
-    return LabelVolume(labels, dataset.class_names, _optional_spacing(meta.get("spacing_um"), where),
+    return LabelVolume(labels, dataset.class_names, spacing_of(meta.get("spacing_um"), len(frames), where),
                        _optional_laterality(meta.get("laterality"), where), pattern_of(meta.get("scan_pattern")),
                        dataset.source, frames, order, notes)

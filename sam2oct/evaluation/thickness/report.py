@@ -113,6 +113,8 @@ def measure(labels, spacing, laterality, class_names, *, fovea_bscan=None, fovea
     grid = pattern == RASTER
     if grid and n < 2:
         raise ThicknessError("an ETDRS grid needs a raster of several B-scans; this volume has one")
+    if grid and spacing.bscan <= 0:
+        raise ThicknessError("an ETDRS grid needs the distance between B-scans; it is 0", option="spacing")
     lat = laterality_of(laterality) if (grid or laterality) else ""
     maps = columns.thickness_maps(labels, class_names, spacing.axial)
     valid = maps[columns.RETINA] > 0
