@@ -16,7 +16,7 @@ from sam2oct.evaluation.thickness.geometry import Spacing, ThicknessError
 from sam2oct.evaluation.thickness.maps import write_maps
 from sam2oct.evaluation.thickness.report import measure
 from sam2oct.evaluation.thickness.synthetic import synthetic_macula
-from sam2oct.profiles import MGU_CLASSES, NR206_CLASSES
+from sam2oct.model.profiles import MGU_CLASSES, NR206_CLASSES
 from thickness_helpers import SECTORS, analytic_thickness, independent_etdrs, pixel_counts_from_boundaries
 
 

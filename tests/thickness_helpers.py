@@ -13,7 +13,7 @@ import numpy as np
 from cvat_sdk.masks import encode_mask
 from PIL import Image
 
-from sam2oct.polygons import label_map_to_shapes
+from sam2oct.geometry.polygons import label_map_to_shapes
 
 SECTORS = ["CSF", "SIM", "NIM", "IIM", "TIM", "SOM", "NOM", "IOM", "TOM"]
 

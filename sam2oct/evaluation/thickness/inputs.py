@@ -27,7 +27,7 @@ from pathlib import Path, PurePosixPath
 import numpy as np
 
 from sam2oct.evaluation.thickness.geometry import Spacing, ThicknessError, laterality_of
-from sam2oct.profiles import PROFILES
+from sam2oct.model.profiles import PROFILES
 
 VOLUME_JSON = "volume.json"
 _VOLUME_JSON_MAX = 1 << 20
@@ -184,7 +184,8 @@ def read_volume_json(path) -> dict | None:
 
 
 def _load_dataset(path, class_names):
-    from sam2oct.datasets import DatasetError, load_dataset
+    from sam2oct.data.datasets import load_dataset
+    from sam2oct.data.samples import DatasetError
 
     try:
         return load_dataset(path, class_names)

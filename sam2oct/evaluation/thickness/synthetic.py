@@ -5,7 +5,7 @@ thickness is a smooth function of the en-face position around a fovea that need 
 A-scan: the inner layers (NFL, GCL+IPL, INL, OPL) vanish or thin into the pit, the ONL thickens
 under it, and the retina is thicker nasally than temporally (so the nasal and temporal sectors
 differ, as in a real eye). A pixel belongs to the layer its centre lies in, as in
-sam2oct.synthetic.label_map.
+sam2oct.data.synthetic.label_map.
 
     vol = synthetic_macula(laterality="OD")
     vol.labels        # uint8 [N, H, W], frame 0 the most superior B-scan
@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from sam2oct.evaluation.thickness.geometry import Spacing, nasal_sign
-from sam2oct.profiles import NR206_CLASSES
+from sam2oct.model.profiles import NR206_CLASSES
 
 # µm away from the fovea; the fraction each loses at the pit's centre; µm gained per mm nasally.
 _LAYERS = (  # NFL, GCL+IPL, INL, OPL, ONL, ELM+IS, OS, RPE
