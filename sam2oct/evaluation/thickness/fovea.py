@@ -23,7 +23,8 @@ CENTRAL = 0.5  # the middle half of the B-scans and of the columns
 
 
 def _smoothed(thickness, valid, sigma_um, spacing: Spacing):
-    sigma = (sigma_um / spacing.bscan, sigma_um / spacing.lateral)
+    # no smoothing across B-scans where there is no distance between them (a single B-scan)
+    sigma = (sigma_um / spacing.bscan if spacing.bscan > 0 else 0.0, sigma_um / spacing.lateral)
     weight = ndimage.gaussian_filter(valid.astype(np.float64), sigma, mode="nearest")
     total = ndimage.gaussian_filter(np.where(valid, thickness, 0.0), sigma, mode="nearest")
     with np.errstate(invalid="ignore", divide="ignore"):
@@ -66,7 +67,7 @@ def find_fovea(retina_um: np.ndarray, valid: np.ndarray, spacing: Spacing, *, bs
     if coarse is None:
         raise ThicknessError("the centre of the scan holds no retina: the fovea cannot be found (give its "
                              "B-scan and column)", option="fovea_bscan")
-    rb = 0 if bscan is not None else int(np.ceil(REFINE_UM / spacing.bscan))
+    rb = 0 if bscan is not None or spacing.bscan <= 0 else int(np.ceil(REFINE_UM / spacing.bscan))
     rc = 0 if column is not None else int(np.ceil(REFINE_UM / spacing.lateral))
     rows = slice(max(coarse[0] - rb, 0), min(coarse[0] + rb + 1, n))
     cols = slice(max(coarse[1] - rc, 0), min(coarse[1] + rc + 1, w))

@@ -122,8 +122,15 @@ def _natural_key(name: str):
     return [int(part) if part.isdigit() else part.lower() for part in re.split(r"(\d+)", name)]
 
 
+def _export_root(path) -> Path:
+    """The export's zip or folder (an annotations.xml given alone stands for its folder)."""
+    path = Path(path)
+    return path.parent if path.is_file() and path.suffix.lower() == ".xml" else path
+
+
 def _export_files(path: Path) -> list:
     """Every file name in the export (zip members or paths under the folder), posix, relative."""
+    path = _export_root(path)
     if path.is_dir():
         out = []
         for dirpath, dirnames, filenames in os.walk(path):
@@ -151,7 +158,7 @@ def export_frames(path) -> list:
 
 def read_volume_json(path) -> dict | None:
     """volume.json inside the export (its root or beside annotations.xml), or None."""
-    path = Path(path)
+    path = _export_root(path)
     if path.is_file() and path.name == VOLUME_JSON:
         data, where = path.read_bytes()[:_VOLUME_JSON_MAX + 1], str(path)
     elif path.is_dir():

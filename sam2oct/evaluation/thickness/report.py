@@ -113,6 +113,9 @@ def measure(labels, spacing, laterality, class_names, *, fovea_bscan=None, fovea
     grid = pattern == RASTER
     if grid and n < 2:
         raise ThicknessError("an ETDRS grid needs a raster of several B-scans; this volume has one")
+    if pattern == LINE and n > 1:
+        raise ThicknessError(f"a line scan is one B-scan; this volume has {n} (a raster of them gets the grid)",
+                             option="pattern")
     if grid and spacing.bscan <= 0:
         raise ThicknessError("an ETDRS grid needs the distance between B-scans; it is 0", option="spacing")
     lat = laterality_of(laterality) if (grid or laterality) else ""
@@ -122,11 +125,15 @@ def measure(labels, spacing, laterality, class_names, *, fovea_bscan=None, fovea
                              fovea=None, fovea_source="none")
     if pattern == CIRCLE:
         return report  # around the optic disc: no fovea
-    if pattern == RADIAL:
-        # Every B-scan crosses the fovea at its centre: only the column is looked for, on the first.
-        fovea_bscan = 0 if fovea_bscan is None else fovea_bscan
     given = check_fovea((fovea_bscan, fovea_column), (n, w))
-    fovea = find_fovea(maps[columns.RETINA], valid, spacing, bscan=given[0], column=given[1])
+    if pattern == RADIAL:
+        # Every B-scan crosses the fovea at its centre: the column is looked for along one B-scan
+        # (the first unless given), never smoothed across B-scans at other angles.
+        b = given[0] or 0
+        column = find_fovea(maps[columns.RETINA][b:b + 1], valid[b:b + 1], spacing, bscan=0, column=given[1])[1]
+        fovea = (b, column)
+    else:
+        fovea = find_fovea(maps[columns.RETINA], valid, spacing, bscan=given[0], column=given[1])
     report.fovea = fovea
     report.fovea_source = {(True, True): "given", (False, False): "found",
                            (True, False): "given B-scan, found column",
