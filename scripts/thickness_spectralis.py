@@ -113,7 +113,7 @@ def figure(path: Path, bscan, lines, device_um, ours_um, positions, report) -> N
     middle.plot(positions, device_um, color="crimson", linewidth=2.2, label="device ILM-BM (HEYEX lines)")
     middle.plot(positions, ours_um, color="black", linewidth=1.0, label="ours: thickness of the CVAT bundle")
     middle.set_ylabel("ILM-BM thickness (µm)")
-    middle.legend(loc="upper right", fontsize=8)
+    middle.legend(loc="lower right", fontsize=8)
     middle.grid(alpha=0.3)
     diff = ours_um - device_um
     bottom.plot(positions, diff, color="#444444", linewidth=0.8)
@@ -130,7 +130,9 @@ def figure(path: Path, bscan, lines, device_um, ours_um, positions, report) -> N
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--vol", type=Path, default=ROOT.parent / "shared/samples/spectralis-vol/Willis_B_716_0.vol")
+    parser.add_argument("--vol", type=Path, default=next(
+        (p for p in (ROOT / "tests/data/spectralis-vol", ROOT.parent / "shared/samples/spectralis-vol")
+         if (p / "Willis_B_716_0.vol").exists()), ROOT / "tests/data/spectralis-vol") / "Willis_B_716_0.vol")
     parser.add_argument("--work", type=Path, default=ROOT / "out" / "thickness-spectralis")
     parser.add_argument("--figure", type=Path, default=ROOT / "docs" / "img" / "thickness_spectralis_line.png")
     args = parser.parse_args(argv)

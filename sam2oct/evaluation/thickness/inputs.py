@@ -228,7 +228,7 @@ def read_export(path, class_names=None, bscan_order: str | None = None) -> Label
         class_names = tuple(str(c) for c in meta["class_names"])
     if class_names is None:
         dataset, profile = _guess_classes(path)
-        notes.append(f"classes of profile {profile}")
+        notes.append(f"label names read as the classes of profile {profile}")
     else:
         dataset = _load_dataset(path, tuple(class_names))
     volumes = sorted({s.volume or "" for s in dataset.samples})

@@ -100,9 +100,14 @@ def enface_png(report, layer: str) -> bytes:
     covered = sum(cover[s] * etdrs.sector_area_mm2(s) for s in etdrs.SECTORS) / (math.pi * etdrs.RADII_MM[2] ** 2)
     ax.set_title(f"{title} thickness (µm), {EYES.get(report.laterality, report.laterality)}\n"
                  f"fovea at B-scan {report.fovea[0]}, column {report.fovea[1]}; "
-                 f"grid {covered:.0%} covered", fontsize=10)
+                 f"grid {_percent(covered)} covered", fontsize=10)
     fig.tight_layout()
     return png_bytes(fig)
+
+
+def _percent(fraction: float) -> str:
+    """100% only when whole: a sliver left out shows as 99.6%, not rounded up."""
+    return "100%" if fraction >= 0.9995 else f"{min(fraction, 0.999) * 100:.1f}%"
 
 
 def write_maps(report, directory) -> list:
