@@ -121,12 +121,12 @@ def _check_outputs(args) -> None:
             check_destination(option, Path(getattr(args, option)))
     if args.maps:
         make_folder("maps", Path(args.maps))
-    outputs = [Path(p).resolve() for p in (args.json, args.csv) if p]
-    if len(set(outputs)) < len(outputs):
-        raise ConfigError(f"--json and --csv name the same file {args.json}", option="csv")
-    if Path(args.input).resolve() in outputs:
-        raise ConfigError("would overwrite INPUT", option="json" if Path(args.json or "").resolve()
-                          == Path(args.input).resolve() else "csv")
+    outputs = {option: Path(getattr(args, option)).resolve() for option in ("json", "csv") if getattr(args, option)}
+    if len(set(outputs.values())) < len(outputs):
+        raise ConfigError(f"--json and --csv name the same file {args.csv}", option="csv")
+    for option, path in outputs.items():
+        if path == Path(args.input).resolve():
+            raise ConfigError(f"{path} is INPUT; name another file", option=option)
 
 
 def _read_labels(args, kind: str) -> LabelVolume:
