@@ -100,6 +100,33 @@ def test_bundle_with_volume_json_needs_no_flags_and_keeps_unannotated_frames_in_
     assert "1 of 31 B-scans have no annotation" in err
 
 
+def test_export_of_a_bundle_task_with_its_volume_json(tmp_path, capsys):
+    """A CVAT export does not keep the bundle's volume.json: --volume-json gives it, with the frame
+    list that puts B-scans nobody annotated (here the middle one) in their place."""
+    vol = macula("OD", bscans=21, width=300, spacing=(3.9, 20.0, 300.0), fovea=(10.0, 150.0))
+    labels = vol.labels.copy()
+    labels[10] = 0
+    frames = [f"bscan_{i:03d}.png" for i in range(21)]
+    meta = {"spacing_um": [3.9, 20.0, 300.0], "laterality": "OD", "scan_pattern": "volume", "n_bscans": 21,
+            "frames": frames}
+    (tmp_path / "volume.json").write_text(json.dumps(meta))
+    export = write_zip(tmp_path / "corrected.zip", cvat_export(labels, list(NR206_CLASSES), names=frames))
+    out, err = run_ok(capsys, ["thickness", export, "--volume-json", tmp_path / "volume.json",
+                               "--fovea-bscan", 10, "--fovea-column", 150])
+    report = json.loads(out)
+    expected = independent_etdrs(thickness_of(labels), (10, 150), (3.9, 20.0, 300.0), "OD")
+    for sector in SECTORS:
+        assert report["etdrs"]["retina"][sector] == pytest.approx(expected["retina"][sector], abs=1e-3)
+    assert report["coverage"]["CSF"] < 0.75  # the middle B-scan crosses the centre and is not covered
+    assert "1 of 21 B-scans have no annotation" in err
+    meta["n_bscans"] = 22
+    (tmp_path / "volume.json").write_text(json.dumps(meta))
+    one_line_error(capsys, ["thickness", export, "--volume-json", tmp_path / "volume.json"], "22 B-scans",
+                   "holds 21")
+    one_line_error(capsys, ["thickness", export, "--volume-json", tmp_path / "absent.json"], "--volume-json",
+                   "no such file")
+
+
 def test_inferior_first_export_is_turned_round(tmp_path, capsys):
     vol = macula("OD", bscans=31, width=300, spacing=(3.9, 20.0, 200.0), fovea=(11.0, 140.0))
     flipped = vol.labels[::-1]  # as a device that writes the most inferior B-scan first

@@ -31,8 +31,11 @@ def independent_etdrs(thickness_by_layer, fovea, spacing, eye):
     n, w = next(iter(thickness_by_layer.values())).shape
     sums = {name: {s: 0.0 for s in SECTORS} for name in thickness_by_layer}
     counts = {s: 0 for s in SECTORS}
+    retina = thickness_by_layer.get("retina")
     for b in range(n):
         for c in range(w):
+            if retina is not None and retina[b, c] == 0:
+                continue  # no retina in this A-scan: not measured (not covered), left out of the means
             x_mm = (c - fc) * lateral / 1000.0
             y_mm = (fb - b) * between / 1000.0  # superior (earlier frames) positive
             r = math.hypot(x_mm, y_mm)

@@ -28,7 +28,7 @@ from sam2oct.evaluation.thickness.report import PATTERNS
 
 NAMES = {"input": "INPUT", "spacing": "--spacing", "laterality": "--laterality", "bscan_order": "--bscan-order",
          "fovea_bscan": "--fovea-bscan", "fovea_column": "--fovea-column", "pattern": "--pattern",
-         "csv": "--csv", "maps": "--maps"}
+         "csv": "--csv", "maps": "--maps", "volume_json": "--volume-json"}
 _EXPORT_MARKERS = ("annotations.xml", "labelmap.txt")
 
 
@@ -136,16 +136,20 @@ def _read_labels(args, kind: str) -> LabelVolume:
 
     path = Path(args.input)
     if kind == "npz":
+        if args.volume_json:
+            raise ConfigError(f"{path} is a label volume, which records its geometry; --volume-json is for "
+                              f"CVAT exports", option="volume_json")
         if args.bscan_order == INFERIOR_FIRST:
             raise ConfigError(f"{path}: a label volume from segment is superior-first already", option="bscan_order")
         return _with_geometry(inputs.read_npz(path), args)
-    meta = inputs.read_volume_json(path) or {}
+    meta = inputs.read_volume_json(args.volume_json or path) or {}
     where = meta.get("_where", str(path))
-    n = len(inputs.export_frames(path)) or 1
+    n = len(inputs.export_frames(path, meta)) or 1
+    inputs.check_frame_count(meta, n, where)
     resolve_geometry(args, n, inputs.spacing_of(meta.get("spacing_um"), n, where),
                      inputs.laterality_of(meta["laterality"]) if meta.get("laterality") else "",
                      inputs.pattern_of(meta.get("scan_pattern")))
-    return _with_geometry(inputs.read_export(path, _class_names(args), args.bscan_order), args)
+    return _with_geometry(inputs.read_export(path, _class_names(args), args.bscan_order, args.volume_json), args)
 
 
 def _class_names(args):
@@ -181,6 +185,9 @@ def _segment_volume(args) -> LabelVolume:
     except ImportError:
         raise ConfigError(f"{args.input}: not a label volume (.npz) or a CVAT export, and this build has no "
                           f"scanner-file reader (sam2oct.data.volumes)", option="input") from None
+    if args.volume_json:
+        raise ConfigError(f"{args.input} is a scanner file, which records its geometry; --volume-json is for "
+                          f"CVAT exports", option="volume_json")
     if args.bscan_order == INFERIOR_FIRST:
         raise ConfigError("scanner files say their B-scan order (the reader puts the most superior first)",
                           option="bscan_order")
@@ -211,6 +218,8 @@ def run(args) -> int:
             raise ConfigError(f"must be an index (0 or more), got {value}", option=option)
     if args.spacing is not None:
         parse_spacing(args.spacing)
+    if args.volume_json and not Path(args.volume_json).is_file():
+        raise ConfigError(f"{args.volume_json}: no such file", option="volume_json")
     _check_outputs(args)
     kind = input_kind(Path(args.input))
     vol = _segment_volume(args) if kind == "volume" else _read_labels(args, kind)
@@ -260,6 +269,9 @@ def add_parser(sub) -> None:
                     "thickness profile instead of a grid. See docs/thickness.md.")
     th.add_argument("input", metavar="INPUT", help="a .npz label volume, a CVAT export (zip or folder), or a "
                     "scanner file")
+    th.add_argument("--volume-json", metavar="FILE",
+                    help="the volume.json of the cvat-task bundle the task was made from (a CVAT export does not "
+                         "keep it): spacing, laterality, pattern, frame order")
     th.add_argument("--spacing", metavar="AXIAL,LATERAL,BSCAN",
                     help="voxel spacing in µm, for inputs that do not record it")
     th.add_argument("--laterality", type=str.upper, choices=["OD", "OS"],

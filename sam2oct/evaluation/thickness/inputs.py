@@ -144,22 +144,48 @@ def _export_files(path: Path) -> list:
         raise ThicknessError(f"{path}: not a readable zip archive ({exc})") from None
 
 
-def export_frames(path) -> list:
-    """The export's frame names, relative to its images/ (or JPEGImages/) folder, natural order."""
+def export_frames(path, meta: dict | None = None) -> list:
+    """The export's frame names in volume order: volume.json's ``frames`` where it lists them (a
+    cvat-task bundle), else the images under images/ (or JPEGImages/), else the images beside
+    annotations.xml (a bundle's layout), in natural name order."""
+    listed = (meta or {}).get("frames")
+    if listed:
+        if not isinstance(listed, list) or not all(isinstance(f, str) and f for f in listed):
+            raise ThicknessError(f"{meta.get('_where', path)}: frames must be a list of file names")
+        return list(listed)
+    files = [n for n in _export_files(Path(path)) if n.lower().endswith(_IMAGE_SUFFIXES)]
     frames = []
-    for name in _export_files(Path(path)):
+    for name in files:
         parts = PurePosixPath(name).parts
         for i, part in enumerate(parts[:-1]):
-            if part in _FRAME_FOLDERS and name.lower().endswith(_IMAGE_SUFFIXES):
+            if part in _FRAME_FOLDERS:
                 frames.append("/".join(parts[i + 1:]))
                 break
+    if not frames:  # a bundle: frames beside annotations.xml (at the top, or in one top folder)
+        frames = [PurePosixPath(n).name for n in files if n.count("/") <= 1]
     return sorted(set(frames), key=_natural_key)
 
 
+def _place(sample_names, frames, where) -> dict:
+    """{sample name: frame index}: by the name, or by its trailing path (a bundle folder read as
+    '<bundle>/<frame>')."""
+    index = {f: i for i, f in enumerate(frames)}
+    out = {}
+    for name in sample_names:
+        parts = name.split("/")
+        hit = next((index["/".join(parts[k:])] for k in range(len(parts)) if "/".join(parts[k:]) in index), None)
+        if hit is None:
+            raise ThicknessError(f"{where}: B-scan {name!r} of the export is not one of its frames "
+                                 f"({frames[0]!r} ... {frames[-1]!r})")
+        out[name] = hit
+    return out
+
+
 def read_volume_json(path) -> dict | None:
-    """volume.json inside the export (its root or beside annotations.xml), or None."""
+    """volume.json inside the export (its root or beside annotations.xml), or None; a .json file
+    given itself is read as the volume.json (a CVAT export does not keep the bundle's)."""
     path = _export_root(path)
-    if path.is_file() and path.name == VOLUME_JSON:
+    if path.is_file() and path.suffix.lower() == ".json":
         data, where = path.read_bytes()[:_VOLUME_JSON_MAX + 1], str(path)
     elif path.is_dir():
         found = sorted(path.glob(VOLUME_JSON)) + sorted(path.glob(f"*/{VOLUME_JSON}"))
@@ -190,6 +216,13 @@ def read_volume_json(path) -> dict | None:
     return meta
 
 
+def check_frame_count(meta: dict, n: int, where: str) -> None:
+    expected = meta.get("n_bscans")
+    if expected is not None and int(expected) != n:
+        raise ThicknessError(f"{where} describes {expected} B-scans, but the export holds {n}: not this "
+                             f"volume's export, or frames were added or deleted in CVAT")
+
+
 def _load_dataset(path, class_names):
     from sam2oct.data.datasets import load_dataset
     from sam2oct.data.samples import DatasetError
@@ -217,11 +250,12 @@ def _guess_classes(path):
                          f"classes (comma-separated, background first)", option="class_names")
 
 
-def read_export(path, class_names=None, bscan_order: str | None = None) -> LabelVolume:
+def read_export(path, class_names=None, bscan_order: str | None = None, volume_json=None) -> LabelVolume:
     """A CVAT export of one volume as a label volume; class_names default to volume.json's, else
-    the released profile whose layers the export's labels are."""
+    the released profile whose layers the export's labels are. ``volume_json``: the bundle's
+    volume.json where the export does not hold it."""
     path = Path(path)
-    meta = read_volume_json(path) or {}
+    meta = read_volume_json(volume_json if volume_json is not None else path) or {}
     where = meta.get("_where", str(path))
     notes = []
     if class_names is None and meta.get("class_names"):
@@ -235,17 +269,17 @@ def read_export(path, class_names=None, bscan_order: str | None = None) -> Label
     if len(volumes) > 1 and all(volumes):
         raise ThicknessError(f"{path}: holds B-scans of {len(volumes)} volumes ({', '.join(volumes[:4])}"
                              f"{', ...' if len(volumes) > 4 else ''}); export one volume's task")
-    by_name = {s.name: s for s in dataset.samples}
-    frames = sorted(set(export_frames(path)) | set(by_name), key=_natural_key)
+    frames = export_frames(path, meta)
+    check_frame_count(meta, len(frames), where)
+    place = _place([s.name for s in dataset.samples], frames, where)
     shapes = {s.labels.shape for s in dataset.samples}
     if len(shapes) > 1:
         raise ThicknessError(f"{path}: its B-scans differ in size ({', '.join(f'{w}x{h}' for h, w in sorted(shapes))})")
     h, w = shapes.pop()
     labels = np.zeros((len(frames), h, w), dtype=dataset.samples[0].labels.dtype)
-    for i, name in enumerate(frames):
-        if name in by_name:
-            labels[i] = by_name[name].labels
-    empty = len(frames) - len(by_name)
+    for sample in dataset.samples:
+        labels[place[sample.name]] = sample.labels
+    empty = len(frames) - len(set(place.values()))
     if empty:
         notes.append(f"{empty} of {len(frames)} B-scans have no annotation (not covered)")
     # cvat-task writes its frames superior-first (the volume readers reorder), so a bundle's
