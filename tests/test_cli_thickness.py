@@ -254,3 +254,23 @@ def test_segment_bscans_uses_the_model_per_bscan(tmp_path):
     for i in range(2):
         alone = pipeline.predict(pipeline.encode(bscans[i].astype(np.float32) / 255)).label_map
         np.testing.assert_array_equal(labels[i], alone)
+
+
+def test_scanner_file_is_segmented_then_measured_as_its_label_volume(tmp_path, capsys):
+    """A .vol in: the same report as `segment --labels` then thickness on the .npz (the tiny
+    fixture model's layers are meaningless; the path is what is checked). Needs the volume
+    reader of sam2oct/data/volumes (issue 16)."""
+    pytest.importorskip("sam2oct.data.volumes.reader", reason="the scanner-file reader is not in this build")
+    from volume_files import build_vol
+
+    vol = build_vol(tmp_path / "vol3.vol", 3, distance_mm=0.12)
+    tiny = ["--checkpoint", TINY_CKPT, "--config", TINY_CONFIG]
+    fovea = ["--fovea-bscan", 1, "--fovea-column", 380]
+    run_ok(capsys, ["segment", vol, *tiny, "--labels", tmp_path / "vol3.npz", "--json", tmp_path / "seg.json"])
+    via_npz, _ = run_ok(capsys, ["thickness", tmp_path / "vol3.npz", *fovea])
+    direct, err = run_ok(capsys, ["thickness", vol, *tiny, *fovea, "--maps", tmp_path / "maps"])
+    a, b = json.loads(via_npz), json.loads(direct)
+    assert a["etdrs"] == b["etdrs"] and a["spacing_um"] == b["spacing_um"] and b["laterality"] == "OD"
+    assert b["spacing_um"]["bscan"] == pytest.approx(120.0)
+    assert (tmp_path / "maps" / "thickness_retina.png").exists() and "segmented" in err
+    one_line_error(capsys, ["thickness", vol, *tiny, "--spacing", "1,2,3"], "--spacing", "records the spacing")
