@@ -10,6 +10,7 @@ from dataclasses import MISSING, dataclass, fields
 
 from sam2oct.errors import ConfigError, Sam2OctError, describe
 from sam2oct.pipeline import OPTION_HELP, PipelineOptions
+from sam2oct.serving import replies
 
 # pipeline option -> the environment variable that sets it
 OPTION_ENV = {
@@ -31,6 +32,7 @@ OPTION_ENV = {
 
 _NUCLIO_ONLY = {
     "SAM2OCT_MODE": ("interactor", "interactor or detector"),
+    "SAM2OCT_CVAT_UI": (replies.DEFAULT, replies.CVAT_UI_HELP),
     "SAM2OCT_MAX_IMAGE_BYTES": (str(32 << 20), "largest image file accepted, in bytes (before base64)"),
     "SAM2OCT_MAX_POINTS": ("64", "most clicks (and brush masks) accepted in one request"),
     "SAM2OCT_WARMUP": ("1", "1 runs one dummy request at start-up so the first click is fast"),
@@ -94,6 +96,7 @@ def _choice(env, name, choices):
 class Settings:
     options: PipelineOptions
     mode: str
+    cvat_ui: str
     max_image_bytes: int
     max_points: int
     warmup: bool
@@ -108,6 +111,7 @@ class Settings:
         return cls(
             options=options,
             mode=_choice(env, "SAM2OCT_MODE", ("interactor", "detector")),
+            cvat_ui=_choice(env, "SAM2OCT_CVAT_UI", tuple(replies.FORMATS)),
             max_image_bytes=_int(env, "SAM2OCT_MAX_IMAGE_BYTES", 1, 1 << 31),
             max_points=_int(env, "SAM2OCT_MAX_POINTS", 1, 100_000),
             warmup=_choice(env, "SAM2OCT_WARMUP", ("0", "1")) == "1",
