@@ -5,8 +5,9 @@ import traceback
 
 from model_handler import ModelHandler
 from sam2oct.errors import RequestError, describe
+from sam2oct.pipeline.options import OPTION_ENV
+from sam2oct.serving.settings import Settings
 from sam2oct.serving import replies
-from sam2oct.settings import OPTION_ENV, Settings
 
 try:  # a CUDA out-of-memory error is its own class from torch 2.5 on
     from torch import OutOfMemoryError
@@ -28,7 +29,7 @@ def init_context(context):
     context.logger.info(f"sam2-oct: ready: profile {p.name}, {p.num_classes} classes, "
                         f"device {handler.predictor.device}, mode {settings.mode}")
     if settings.mode == "interactor":  # a format the CVAT in front cannot draw puts masks in the wrong place
-        fmt = replies.FORMATS[settings.cvat_ui]
+        fmt = replies.FORMATS[settings.options.cvat_ui]
         context.logger.info(f"sam2-oct: interactor replies in SAM2OCT_CVAT_UI={fmt.name} format, for {fmt.cvat}")
 
 

@@ -3,11 +3,13 @@
 import json
 import logging
 
-from sam2oct import cvat, masks, polygons
+from sam2oct.geometry import masks, polygons
+from sam2oct.serving import cvat_request
 from sam2oct.errors import RequestError, Sam2OctError, describe
-from sam2oct.pipeline import Pipeline
+from sam2oct.pipeline.options import OPTION_ENV
+from sam2oct.pipeline.pipeline import Pipeline
 from sam2oct.serving import replies
-from sam2oct.settings import OPTION_ENV, Settings
+from sam2oct.serving.settings import Settings
 
 log = logging.getLogger("sam2oct")
 
@@ -37,11 +39,11 @@ class ModelHandler:
 
     def infer(self, body):
         if self.settings.mode == "detector":
-            return self.detect(cvat.parse_detector(body, max_image_bytes=self.settings.max_image_bytes))
+            return self.detect(cvat_request.parse_detector(body, max_image_bytes=self.settings.max_image_bytes))
         return self.interact(self._interactor_request(body))
 
-    def _interactor_request(self, body) -> cvat.InteractorRequest:
-        return cvat.parse_interactor(body, max_points=self.settings.max_points,
+    def _interactor_request(self, body) -> cvat_request.InteractorRequest:
+        return cvat_request.parse_interactor(body, max_points=self.settings.max_points,
                                      max_image_bytes=self.settings.max_image_bytes)
 
     def infer_json(self, body) -> str:
@@ -50,7 +52,7 @@ class ModelHandler:
             return json.dumps(self.infer(body))
         req = self._interactor_request(body)
         picked, encoded = self._interaction(req)
-        return replies.reply_json(self.settings.cvat_ui, picked, req.threshold,
+        return replies.reply_json(self.settings.options.cvat_ui, picked, req.threshold,
                                   lambda shapes: self._shapes_json(shapes, self.pipeline.cached_shapes(encoded)))
 
     def _shapes_json(self, shapes, cached) -> str:
@@ -65,21 +67,21 @@ class ModelHandler:
                 texts = cached.memo["json"] = {id(shape): json.dumps(shape) for shape in cached.shapes}
         return "[" + ", ".join(texts.get(id(shape)) or json.dumps(shape) for shape in shapes) + "]"
 
-    def interact(self, req: cvat.InteractorRequest) -> dict:
+    def interact(self, req: cvat_request.InteractorRequest) -> dict:
         """The reply to an interactor request, in the format CVAT_UI names, as plain JSON objects."""
         picked, _ = self._interaction(req)
-        return replies.reply(self.settings.cvat_ui, picked, req.threshold)
+        return replies.reply(self.settings.options.cvat_ui, picked, req.threshold)
 
-    def _interaction(self, req: cvat.InteractorRequest):
+    def _interaction(self, req: cvat_request.InteractorRequest):
         """What the request's clicks pick (with what the reply format needs) and the encoded frame."""
         p = self.pipeline
         encoded = p.encode_file(req.image)
         h, w = encoded.geometry.height, encoded.geometry.width
-        pos = cvat.fit_points(req.pos_points, h, w, "positive")
-        neg = cvat.fit_points(req.neg_points, h, w, "negative")
-        bbox = cvat.fit_bbox(req.bbox, h, w)
+        pos = cvat_request.fit_points(req.pos_points, h, w, "positive")
+        neg = cvat_request.fit_points(req.neg_points, h, w, "negative")
+        bbox = cvat_request.fit_bbox(req.bbox, h, w)
         brush = [(name, self._brush_mask(i, name, rle, h, w)) for i, (name, rle) in enumerate(req.brush)]
-        fmt = replies.FORMATS[self.settings.cvat_ui]
+        fmt = replies.FORMATS[self.settings.options.cvat_ui]
         picked = p.interact(encoded, pos, neg, bbox, brush, confidence=fmt.confidence, shapes=fmt.polygons)
         if not picked.mask.any() and fmt.name == "current":  # a 200 with no shapes: say why here
             self.log.info(f"sam2-oct: no retinal layer picked: {picked.reason}")
@@ -93,7 +95,7 @@ class ModelHandler:
         except RequestError as exc:
             raise RequestError(f"'brush[{i}].mask': {exc}", exc.status) from None
 
-    def detect(self, req: cvat.DetectorRequest) -> list:
+    def detect(self, req: cvat_request.DetectorRequest) -> list:
         p = self.pipeline
         try:
             gray = p.read_image(req.image)

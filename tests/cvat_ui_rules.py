@@ -1,27 +1,24 @@
 """What CVAT's web UI draws from an interactor reply, re-implemented here from CVAT's source,
 independently of sam2oct's encoders, so that the tests can ask "where would this land?".
+docs/cvat-replies.md cites the CVAT source (files and lines) each rule comes from.
 
-CVAT 2.60 and later (read in CVAT 2.64.1, commit beb579cd9):
-- cvat-core/src/lambda-manager.ts, ``LambdaManager.call`` (lines 94-139): a reply holding a
-  ``mask`` key is wrapped as ONE mask shape whose points are ``mask2Rle(mask.flat())`` followed by
-  ``[0, 0, maskWidth - 1, maskHeight - 1]`` (``bounds`` is not read); otherwise, when ``shapes``
-  is a list, each shape keeps its ``points``; its ``attributes`` are kept only when every one
-  has a numeric ``spec_id`` and a string ``value``; a missing ``type`` counts as ``mask``; shapes
-  of another type are dropped.
-- cvat-ui/.../controls-side-bar/tools-control.tsx: a shape's confidence is ``+value`` of its
-  attribute with ``spec_id`` 0, else 1 (lines 447-448); shapes below the confidence slider
-  (``thresholdValue``, 0.5 by default, line 263) are neither drawn (line 663) nor saved (line
-  979); saved masks need 6 or more numbers (line 995). A shape whose first OpenCV contour has
-  fewer than 3 points (a mask of one or two pixels) is skipped too (lines 441-444): not
-  re-implemented here (it needs OpenCV.js's contour finder).
-- cvat-canvas/src/typescript/shared.ts, ``RLEToImageData`` (lines 427-463) and
-  interactionHandler.ts ``putShapes`` (lines 258-289): the last four numbers are ``left, top, right, bottom``;
-  the runs, alternating from 0, fill a ``(right - left + 1) x (bottom - top + 1)`` box row by
-  row, drawn with its corner at ``(left, top)``.
+CVAT 2.60 and later:
+- cvat-core's ``LambdaManager.call``: a reply holding a ``mask`` key is wrapped as ONE mask shape
+  whose points are ``mask2Rle(mask.flat())`` followed by ``[0, 0, maskWidth - 1, maskHeight - 1]``
+  (``bounds`` is not read); otherwise, when ``shapes`` is a list, each shape keeps its
+  ``points``; its ``attributes`` are kept only when every one has a numeric ``spec_id`` and a
+  string ``value``; a missing ``type`` counts as ``mask``; shapes of another type are dropped.
+- cvat-ui's AI tools control: a shape's confidence is ``+value`` of its attribute with
+  ``spec_id`` 0, else 1; shapes below the confidence slider (0.5 by default) are neither drawn
+  nor saved; saved masks need 6 or more numbers. A shape whose first OpenCV contour has fewer
+  than 3 points (a mask of one or two pixels) is skipped too: not re-implemented here (it needs
+  the UI's OpenCV contour finder).
+- cvat-canvas's ``RLEToImageData`` and ``putShapes``: the last four numbers are ``left, top,
+  right, bottom``; the runs, alternating from 0, fill a ``(right - left + 1) x (bottom - top +
+  1)`` box row by row, drawn with its corner at ``(left, top)``.
 
-CVAT 2.12 to 2.59 (tools-control.tsx before PR #10329, commit 69425c66c^, lines 423-437): the
-reply's ``mask`` (nested rows) is run-length encoded by value change and placed by ``bounds``
-when present, else at (0, 0).
+CVAT 2.12 to 2.59 (the AI tools control before CVAT's PR #10329): the reply's ``mask`` (nested
+rows) is run-length encoded by value change and placed by ``bounds`` when present, else at (0, 0).
 """
 
 from __future__ import annotations

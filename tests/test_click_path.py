@@ -15,7 +15,7 @@ from PIL import Image
 from conftest import ROOT
 from harness import Worker, b64, encode
 from sam2oct.errors import RequestError
-from sam2oct.pipeline import Pipeline
+from sam2oct.pipeline.pipeline import Pipeline
 from sam2oct.serving.replies import crop_json
 
 SYNTH = ROOT / "tests" / "data" / "bscan_768x496_s1.png"

@@ -13,7 +13,7 @@ from cvat_sdk.masks import decode_mask, encode_mask
 
 from cvat_ui_rules import core_shapes, current_ui_draws, js_mask2rle, legacy_ui_draws
 from sam2oct.errors import ConfigError, RequestError
-from sam2oct.pipeline import Interaction
+from sam2oct.pipeline.pipeline import Interaction
 from sam2oct.serving import replies
 
 
@@ -148,7 +148,7 @@ def test_run_lengths_make_the_current_reply_small():
     current = replies.reply_json("current", interaction(frame))
     legacy = replies.reply_json("legacy", interaction(frame))
     assert len(current) < 1000 < 100 * 1000 < len(legacy)
-    # the rule's own port, on the examples of cvat-core's rle-utils.ts
+    # the rule's own port, on the examples cvat-core documents for its mask2Rle
     assert js_mask2rle([0, 0, 0, 1]) == [3, 1] and js_mask2rle([1, 1, 0, 0]) == [0, 2, 2]
 
 

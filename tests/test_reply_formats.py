@@ -8,8 +8,7 @@ argmax does not move) while the mask confidences are high, as a trained model's 
 default confidence filter (0.5) lets them through, as it would in the real UI.
 
 Frames: the Spectralis B-scans in tests/data/spectralis, plus the PNG B-scans in the folder
-SAM2OCT_TEST_BSCANS names, if set (e.g. ../shared/samples/spectralis: real B-scans kept outside
-the repository).
+SAM2OCT_TEST_BSCANS names, if set (real B-scans kept outside the repository).
 """
 
 import os

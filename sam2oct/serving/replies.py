@@ -34,7 +34,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from sam2oct import masks, polygons
+from sam2oct.geometry import masks, polygons
 from sam2oct.errors import ConfigError, RequestError
 
 CONFIDENCE_SPEC_ID = 0  # the attribute id CVAT's UI reads as the shape's confidence

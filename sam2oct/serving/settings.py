@@ -1,50 +1,26 @@
 """The Nuclio front door's settings: environment variables, read once at init time.
 
-Each pipeline option has one variable here; its default is the pipeline's own
-(``PipelineOptions``), so no default is written twice. A few settings belong to the Nuclio
+Each pipeline option's variable, default and help come from the options table
+(``sam2oct.pipeline.options``), so nothing is written twice. A few settings belong to the Nuclio
 function alone (mode, request limits, warm-up).
 """
 
 import os
-from dataclasses import MISSING, dataclass, fields
+from dataclasses import dataclass
 
 from sam2oct.errors import ConfigError, Sam2OctError, describe
-from sam2oct.pipeline import OPTION_HELP, PipelineOptions
-from sam2oct.serving import replies
-
-# pipeline option -> the environment variable that sets it
-OPTION_ENV = {
-    "checkpoint": "SAM2_CHECKPOINT",
-    "config": "SAM2_CONFIG",
-    "device": "SAM2_DEVICE",
-    "profile": "SAM2OCT_PROFILE",
-    "class_names": "SAM2OCT_CLASS_NAMES",
-    "preprocess": "SAM2OCT_PREPROCESS",
-    "label_style": "SAM2OCT_LABEL_STYLE",
-    "precision": "SAM2OCT_PRECISION",
-    "cache_mb": "SAM2OCT_CACHE_MB",
-    "simplify": "SAM2OCT_SIMPLIFY",
-    "min_area": "SAM2OCT_MIN_AREA",
-    "max_pixels": "SAM2OCT_MAX_PIXELS",
-    "torch_threads": "SAM2OCT_TORCH_THREADS",
-    "snap_px": "SAM2OCT_SNAP_PX",
-}
+from sam2oct.pipeline.options import OPTION_DEFAULTS, OPTION_ENV, OPTION_HELP, PipelineOptions
 
 _NUCLIO_ONLY = {
     "SAM2OCT_MODE": ("interactor", "interactor or detector"),
-    "SAM2OCT_CVAT_UI": (replies.DEFAULT, replies.CVAT_UI_HELP),
     "SAM2OCT_MAX_IMAGE_BYTES": (str(32 << 20), "largest image file accepted, in bytes (before base64)"),
     "SAM2OCT_MAX_POINTS": ("64", "most clicks (and brush masks) accepted in one request"),
     "SAM2OCT_WARMUP": ("1", "1 runs one dummy request at start-up so the first click is fast"),
 }
 
 
-def _option_defaults() -> dict:
-    return {f.name: f.default for f in fields(PipelineOptions) if f.default is not MISSING}
-
-
 def _env_table() -> dict:
-    defaults = _option_defaults()
+    defaults = OPTION_DEFAULTS
     table = {}
     for option, env in OPTION_ENV.items():
         default = defaults[option]
@@ -62,7 +38,7 @@ def _parse(env, option):
     """The string of one option's variable, typed as the option is (unset: the pipeline's default)."""
     name = OPTION_ENV[option]
     raw = env.get(name)
-    default = _option_defaults()[option]
+    default = OPTION_DEFAULTS[option]
     if raw is None or (raw.strip() == "" and not isinstance(default, (int, float))):
         return default
     if isinstance(default, bool) or not isinstance(default, (int, float)):
@@ -96,7 +72,6 @@ def _choice(env, name, choices):
 class Settings:
     options: PipelineOptions
     mode: str
-    cvat_ui: str
     max_image_bytes: int
     max_points: int
     warmup: bool
@@ -111,7 +86,6 @@ class Settings:
         return cls(
             options=options,
             mode=_choice(env, "SAM2OCT_MODE", ("interactor", "detector")),
-            cvat_ui=_choice(env, "SAM2OCT_CVAT_UI", tuple(replies.FORMATS)),
             max_image_bytes=_int(env, "SAM2OCT_MAX_IMAGE_BYTES", 1, 1 << 31),
             max_points=_int(env, "SAM2OCT_MAX_POINTS", 1, 100_000),
             warmup=_choice(env, "SAM2OCT_WARMUP", ("0", "1")) == "1",
