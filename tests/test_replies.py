@@ -13,7 +13,7 @@ from cvat_sdk.masks import decode_mask, encode_mask
 
 from cvat_ui_rules import core_shapes, current_ui_draws, js_mask2rle, legacy_ui_draws
 from sam2oct.errors import ConfigError, RequestError
-from sam2oct.pipeline.pipeline import Interaction
+from sam2oct.pipeline.results import Interaction
 from sam2oct.serving import replies
 
 

@@ -143,7 +143,7 @@ def _fields(fmt: ReplyFormat, picked, threshold) -> tuple[dict, dict]:
 
 
 def reply(cvat_ui: str, picked, threshold=None) -> dict:
-    """The interactor's reply for a :class:`~sam2oct.pipeline.Interaction`, as plain JSON objects.
+    """The interactor's reply for an :class:`~sam2oct.pipeline.results.Interaction`, as plain JSON objects.
 
     ``picked`` must come from ``Pipeline.interact`` with ``confidence`` and ``shapes`` as the
     format asks (``FORMATS[cvat_ui].confidence`` / ``.polygons``).
