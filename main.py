@@ -5,7 +5,8 @@ import traceback
 
 from model_handler import ModelHandler
 from sam2oct.errors import RequestError, describe
-from sam2oct.settings import OPTION_ENV, Settings
+from sam2oct.pipeline.options import OPTION_ENV
+from sam2oct.serving.settings import Settings
 
 try:  # a CUDA out-of-memory error is its own class from torch 2.5 on
     from torch import OutOfMemoryError

@@ -6,10 +6,12 @@ import uuid
 
 import numpy as np
 
-from sam2oct import cvat, masks, polygons
+from sam2oct.geometry import masks, polygons
+from sam2oct.serving import cvat_request
 from sam2oct.errors import RequestError, Sam2OctError, describe
-from sam2oct.pipeline import Pipeline
-from sam2oct.settings import OPTION_ENV, Settings
+from sam2oct.pipeline.pipeline import Pipeline
+from sam2oct.pipeline.options import OPTION_ENV
+from sam2oct.serving.settings import Settings
 
 log = logging.getLogger("sam2oct")
 
@@ -54,11 +56,11 @@ class ModelHandler:
 
     def infer(self, body):
         if self.settings.mode == "detector":
-            return self.detect(cvat.parse_detector(body, max_image_bytes=self.settings.max_image_bytes))
+            return self.detect(cvat_request.parse_detector(body, max_image_bytes=self.settings.max_image_bytes))
         return self.interact(self._interactor_request(body))
 
-    def _interactor_request(self, body) -> cvat.InteractorRequest:
-        return cvat.parse_interactor(body, max_points=self.settings.max_points,
+    def _interactor_request(self, body) -> cvat_request.InteractorRequest:
+        return cvat_request.parse_interactor(body, max_points=self.settings.max_points,
                                      max_image_bytes=self.settings.max_image_bytes)
 
     def infer_json(self, body) -> str:
@@ -86,19 +88,19 @@ class ModelHandler:
                 texts = cached.memo["json"] = {id(shape): json.dumps(shape) for shape in cached.shapes}
         return "[" + ", ".join(texts.get(id(shape)) or json.dumps(shape) for shape in shapes) + "]"
 
-    def interact(self, req: cvat.InteractorRequest) -> dict:
+    def interact(self, req: cvat_request.InteractorRequest) -> dict:
         result, _ = self._interaction(req)
         result["mask"] = result["mask"].astype(np.uint8).tolist()
         return result
 
-    def _interaction(self, req: cvat.InteractorRequest):
+    def _interaction(self, req: cvat_request.InteractorRequest):
         """The reply (its ``mask`` still the bool crop array, written by the caller) and the encoded frame."""
         p = self.pipeline
         encoded = p.encode_file(req.image)
         h, w = encoded.geometry.height, encoded.geometry.width
-        pos = cvat.fit_points(req.pos_points, h, w, "positive")
-        neg = cvat.fit_points(req.neg_points, h, w, "negative")
-        bbox = cvat.fit_bbox(req.bbox, h, w)
+        pos = cvat_request.fit_points(req.pos_points, h, w, "positive")
+        neg = cvat_request.fit_points(req.neg_points, h, w, "negative")
+        bbox = cvat_request.fit_bbox(req.bbox, h, w)
         brush = [(name, self._brush_mask(i, name, rle, h, w)) for i, (name, rle) in enumerate(req.brush)]
         picked = p.interact(encoded, pos, neg, bbox, brush, shapes=True)
         if not picked.mask.any():
@@ -130,7 +132,7 @@ class ModelHandler:
         except RequestError as exc:
             raise RequestError(f"'brush[{i}].mask': {exc}", exc.status) from None
 
-    def detect(self, req: cvat.DetectorRequest) -> list:
+    def detect(self, req: cvat_request.DetectorRequest) -> list:
         p = self.pipeline
         try:
             gray = p.read_image(req.image)

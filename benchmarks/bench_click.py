@@ -2,7 +2,7 @@
 
 main.init_context and main.handler run under nuclio_sdk's test Platform (as tests/harness.py
 does), with SAM 2.1 Hiera B+ (default config) holding random weights (built with
-sam2oct.checkpoint.build_model, saved to a temporary checkpoint). The first click on the B-scan
+sam2oct.model.checkpoint.build_model, saved to a temporary checkpoint). The first click on the B-scan
 encodes it; the clicks timed after it are warm: the features, the unprompted label map and the
 frame's traced shapes are cached, so a click costs the request, the image decode, the selection
 and the reply. Two label maps:
@@ -43,10 +43,12 @@ import nuclio_sdk  # noqa: E402
 import nuclio_sdk.test  # noqa: E402
 
 import main  # noqa: E402
-from sam2oct import cvat, masks, pipeline, polygons  # noqa: E402
-from sam2oct.checkpoint import build_model  # noqa: E402
-from sam2oct.predictor import Prediction  # noqa: E402
-from sam2oct.settings import ENV_VARS  # noqa: E402
+from sam2oct.geometry import masks, polygons  # noqa: E402
+from sam2oct.pipeline import pipeline  # noqa: E402
+from sam2oct.serving import cvat_request  # noqa: E402
+from sam2oct.model.checkpoint import build_model  # noqa: E402
+from sam2oct.model.predictor import Prediction  # noqa: E402
+from sam2oct.serving.settings import ENV_VARS  # noqa: E402
 
 IMAGE = ROOT / "tests" / "data" / "bscan_768x496_s1.png"
 LABELS = ROOT / "tests" / "data" / "bscan_768x496_s1_labels.png"
@@ -183,7 +185,7 @@ def main_(argv=None):
     # Where the time goes: the same clicks again, with the stages timed.
     stages = Stages()
     model = worker.context.user_data.model
-    stages.wrap(cvat, "parse_interactor", "request: JSON + base64")
+    stages.wrap(cvat_request, "parse_interactor", "request: JSON + base64")
     stages.wrap(type(p), "read_image", "image decode (PNG)")
     stages.wrap(type(p), "encode", "encode: pixel digest + cache hit")
     stages.wrap(type(p), "encode_file", "frame: digests + cache hit")

@@ -44,8 +44,8 @@ from cvat_cli._internal.common import FunctionLoader  # noqa: E402
 from cvat_cli._internal.parsers import parse_function_parameter  # noqa: E402
 from cvat_sdk.auto_annotation.driver import _DetectionFunctionContextImpl  # noqa: E402
 
-from sam2oct.checkpoint import build_model  # noqa: E402
-from sam2oct.predictor import Prediction  # noqa: E402
+from sam2oct.model.checkpoint import build_model  # noqa: E402
+from sam2oct.model.predictor import Prediction  # noqa: E402
 
 SAMPLE = ROOT / "tests" / "data" / "bscan_768x496_s1.png"
 LABELS = ROOT / "tests" / "data" / "bscan_768x496_s1_labels.png"

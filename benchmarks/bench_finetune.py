@@ -34,9 +34,9 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from sam2oct.checkpoint import build_model, load_model  # noqa: E402
-from sam2oct.finetune import FinetuneOptions, predictor_fn, train  # noqa: E402
-from sam2oct.synthetic import SCANNER_A, SCANNER_B, synthetic_set  # noqa: E402
+from sam2oct.model.checkpoint import build_model, load_model  # noqa: E402
+from sam2oct.training.finetune import FinetuneOptions, predictor_fn, train  # noqa: E402
+from sam2oct.data.synthetic import SCANNER_A, SCANNER_B, synthetic_set  # noqa: E402
 
 TINY_CKPT = ROOT / "tests" / "fixtures" / "parity" / "tiny_k9.pt"
 TINY_CONFIG = ROOT / "tests" / "fixtures" / "parity" / "tiny_k9.yaml"
@@ -61,7 +61,7 @@ def mean_sd(values) -> str:
 
 def speed_one(config: str, mode: str, steps: int, threads: int) -> dict:
     """Runs in a child process: time `steps` steps after one warm-up step; peak RSS of the process."""
-    from sam2oct.datasets import Sample
+    from sam2oct.data.samples import Sample
 
     torch.set_num_threads(threads)
     model = load_model(TINY_CKPT, config) if config != "b+" else build_model(9).eval()
@@ -105,15 +105,15 @@ def bench_speed(args, folder):
 # --- 2. synthetic scanner shift --------------------------------------------------------------------
 
 def _set(n, scanner, seed, tag):
-    from sam2oct.datasets import Dataset, Sample
-    from sam2oct.profiles import NR206_CLASSES
+    from sam2oct.data.samples import Dataset, Sample
+    from sam2oct.model.profiles import NR206_CLASSES
 
     items = synthetic_set(n, 192, 256, scanner, seed)
     return Dataset([Sample(f"{tag}_{i:03d}.png", g, lab, None) for i, (g, lab) in enumerate(items)], NR206_CLASSES)
 
 
 def bench_shift(args, folder):
-    from sam2oct.evaluate import score
+    from sam2oct.evaluation.evaluate import score
 
     config = tiny_config(folder)
     print(f"\n== 2. scanner shift (tiny K=9 @256, 192x256 B-scans): A-training {args.a_steps} full steps on "
@@ -145,8 +145,8 @@ def bench_shift(args, folder):
 # --- 3. real Spectralis B-scans ---------------------------------------------------------------------
 
 def bench_real(args, folder):
-    from sam2oct.datasets import load_dataset
-    from sam2oct.evaluate import score
+    from sam2oct.data.datasets import load_dataset
+    from sam2oct.evaluation.evaluate import score
 
     config = tiny_config(folder)
     data = load_dataset(SPECTRALIS_ZIP, SPECTRALIS_CLASSES)

@@ -23,9 +23,9 @@ from PIL import Image
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from sam2oct.checkpoint import build_model  # noqa: E402
-from sam2oct.images import read_image  # noqa: E402
-from sam2oct.predictor import SemanticPredictor  # noqa: E402
+from sam2oct.model.checkpoint import build_model  # noqa: E402
+from sam2oct.geometry.images import read_image  # noqa: E402
+from sam2oct.model.predictor import SemanticPredictor  # noqa: E402
 
 DEFAULT_IMAGE = ROOT / "tests" / "data" / "bscan_768x496_s1.png"
 TARGET_S = 0.3  # warm decode budget per request

@@ -43,7 +43,7 @@ import rasterio.features
 import shapely
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from sam2oct.polygons import label_map_to_shapes  # noqa: E402
+from sam2oct.geometry.polygons import label_map_to_shapes  # noqa: E402
 
 GOAL_MS = 20.0  # per label map, on one core of the development machine
 
@@ -87,9 +87,9 @@ def random_model_map():
     """Label map of SAM 2.1 Hiera B+ with random weights (seed 0, 11 classes) for one click on the sample B-scan."""
     import torch
 
-    from sam2oct.checkpoint import build_model
-    from sam2oct.images import read_image
-    from sam2oct.predictor import SemanticPredictor
+    from sam2oct.model.checkpoint import build_model
+    from sam2oct.geometry.images import read_image
+    from sam2oct.model.predictor import SemanticPredictor
 
     torch.manual_seed(0)
     predictor = SemanticPredictor(build_model(11).eval(), cache_size=1)

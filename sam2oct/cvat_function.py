@@ -5,7 +5,7 @@
         -p kind=str:interactor -p checkpoint=str:PATH          (then: function run-agent ID, same -p)
 
 cvat-cli imports this module and calls :func:`create` with the ``-p`` parameters: ``kind``
-(detector, interactor or tracker) and every :class:`~sam2oct.pipeline.PipelineOptions` field.
+(detector, interactor or tracker) and every :class:`~sam2oct.pipeline.options.PipelineOptions` field.
 Everything else is the pipeline's; this module only translates between cvat-sdk's types and it.
 """
 
@@ -20,10 +20,11 @@ import numpy as np
 from cvat_sdk import models
 from cvat_sdk.masks import decode_mask, encode_mask
 
-from sam2oct import cvat, polygons
+from sam2oct.geometry import polygons
+from sam2oct.serving import cvat_request
 from sam2oct.errors import ConfigError, RequestError, Sam2OctError, describe
-from sam2oct.pipeline import OPTION_HELP, Pipeline, PipelineOptions
-from sam2oct.settings import OPTION_ENV
+from sam2oct.pipeline.options import OPTION_ENV, OPTION_HELP, PipelineOptions
+from sam2oct.pipeline.pipeline import Pipeline
 
 try:
     # cvat-cli shows the message of these exception types and hides others: the agent answers
@@ -215,12 +216,12 @@ class Interactor(_FrameFunction):
         encoded = p.encode(pp_image.gray)
         h, w = pp_image.size
         try:
-            pos = cvat.fit_points(np.asarray(prompts.pos_points, dtype=np.float64).reshape(-1, 2), h, w, "positive")
-            neg = cvat.fit_points(np.asarray(prompts.neg_points, dtype=np.float64).reshape(-1, 2), h, w, "negative")
+            pos = cvat_request.fit_points(np.asarray(prompts.pos_points, dtype=np.float64).reshape(-1, 2), h, w, "positive")
+            neg = cvat_request.fit_points(np.asarray(prompts.neg_points, dtype=np.float64).reshape(-1, 2), h, w, "negative")
             box = prompts.bounding_box
             if box is not None:
                 (x1, y1), (x2, y2) = box
-                box = cvat.fit_bbox(np.array([min(x1, x2), min(y1, y2), max(x1, x2), max(y1, y2)], float), h, w)
+                box = cvat_request.fit_bbox(np.array([min(x1, x2), min(y1, y2), max(x1, x2), max(y1, y2)], float), h, w)
         except RequestError as exc:
             raise RequestRefused(str(exc), exc.status) from exc
         picked = p.interact(encoded, pos, neg, box, confidence=True)

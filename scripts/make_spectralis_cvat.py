@@ -15,10 +15,10 @@ bottom of the nerve fibre layer) and BM (Bruch's membrane). Each column is label
 A pixel row r belongs below a line at height h when r >= h. Only B-scans with all three lines
 are used (Willis_B_716_0 has no RNFL line, so its NFL/GCL-BM split is unknown: it is left out
 rather than labelled wrongly), and each is cropped to the columns where all three lines exist.
-The label maps become polygons with sam2oct.polygons.label_map_to_shapes (they tile the image),
+The label maps become polygons with sam2oct.geometry.polygons.label_map_to_shapes (they tile the image),
 written in the layout CVAT itself exports (annotations.xml + images/, stored uncompressed), so
 the file is read by the same loader as a real export. The output is the same bytes on every run
-of the same code (another version of sam2oct.polygons may place polygon vertices differently).
+of the same code (another version of sam2oct.geometry.polygons may place polygon vertices differently).
 """
 
 import argparse
@@ -35,7 +35,7 @@ from PIL import Image
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from sam2oct.polygons import label_map_to_shapes  # noqa: E402
+from sam2oct.geometry.polygons import label_map_to_shapes  # noqa: E402
 
 SCANS = ("Willis_B_716_2", "Willis_B_716_4", "valid")
 CLASSES = ("background", "NFL", "GCL-BM", "below-BM")

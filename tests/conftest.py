@@ -14,7 +14,7 @@ DATA = ROOT / "tests" / "data"
 
 @pytest.fixture(scope="session")
 def tiny_model():
-    from sam2oct.checkpoint import load_model
+    from sam2oct.model.checkpoint import load_model
 
     return load_model(TINY_CKPT, TINY_CONFIG)
 
@@ -22,18 +22,19 @@ def tiny_model():
 @pytest.fixture
 def no_model(monkeypatch):
     """Fail the test if a model is built or loaded: a user error had to be found before that."""
-    import sam2oct.checkpoint
-    import sam2oct.finetune
-    import sam2oct.pipeline
+    import sam2oct.model.checkpoint
+    import sam2oct.model.loading
+    import sam2oct.pipeline.pipeline
+    import sam2oct.training.finetune
 
     def refuse(*args, **kw):
         raise AssertionError("the model was loaded before the error was found")
 
-    for module in (sam2oct.checkpoint, sam2oct.pipeline, sam2oct.finetune):
+    for module in (sam2oct.model.checkpoint, sam2oct.model.loading, sam2oct.training.finetune):
         if hasattr(module, "load_model"):
             monkeypatch.setattr(module, "load_model", refuse)
-    monkeypatch.setattr(sam2oct.checkpoint, "build_model", refuse)
-    monkeypatch.setattr(sam2oct.pipeline.Pipeline, "__init__", refuse)
+    monkeypatch.setattr(sam2oct.model.checkpoint, "build_model", refuse)
+    monkeypatch.setattr(sam2oct.pipeline.pipeline.Pipeline, "__init__", refuse)
 
 
 @pytest.fixture(scope="session")

@@ -29,7 +29,7 @@ from conftest import ROOT, TINY_CKPT, TINY_CONFIG
 from PIL import Image
 
 import main
-from sam2oct.settings import ENV_VARS
+from sam2oct.serving.settings import ENV_VARS
 
 BASE_ENV = {"SAM2_CHECKPOINT": str(TINY_CKPT), "SAM2_CONFIG": str(TINY_CONFIG), "SAM2OCT_WARMUP": "0"}
 NR206_NAMES = ("background", "NFL", "GCL+IPL", "INL", "OPL", "ONL", "ELM+IS", "OS", "RPE")
@@ -130,7 +130,7 @@ def cache_mb_for(entries: int, frame: bytes, *, detector=False) -> str:
     prediction (with the detector's confidence map when ``detector``), the same for every frame
     of one size. Half an entry of slack keeps the bound between ``entries`` and ``entries + 1``.
     """
-    from sam2oct.images import read_image
+    from sam2oct.geometry.images import read_image
 
     predictor = Worker().model.predictor
     encoded = predictor.encode(read_image(frame))

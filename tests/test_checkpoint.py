@@ -13,9 +13,9 @@ from importlib import resources
 
 from omegaconf import OmegaConf
 
-from sam2oct.checkpoint import DEFAULT_CONFIG, build_model, load_config, load_model, packaged_configs, read_state_dict
+from sam2oct.model.checkpoint import DEFAULT_CONFIG, build_model, load_config, load_model, packaged_configs, read_state_dict
 from sam2oct.errors import CheckpointError, ConfigError
-from sam2oct.profiles import resolve_profile
+from sam2oct.model.profiles import resolve_profile
 
 CLASS_EMBED = "sam_prompt_encoder.class_embeddings.weight"
 MASK_TOKENS = "sam_mask_decoder.mask_tokens.weight"

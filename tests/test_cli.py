@@ -18,17 +18,18 @@ import pytest
 import torch
 from PIL import Image
 
-import sam2oct.checkpoint
-import sam2oct.hub
-import sam2oct.pipeline
+import sam2oct.model.checkpoint
+import sam2oct.model.hub
+import sam2oct.pipeline.pipeline
 from conftest import ROOT, TINY_CKPT, TINY_CONFIG
 from sam2oct import cli
-from sam2oct.checkpoint import build_model, load_model
+from sam2oct.cli import flags
+from sam2oct.model.checkpoint import build_model, load_model
 from sam2oct.errors import CheckpointError
-from sam2oct.hub import stored_checkpoint, stored_key
-from sam2oct.pipeline import OPTION_HELP, PipelineOptions
-from sam2oct.polygons import label_map_to_shapes
-from sam2oct.predictor import SemanticPredictor
+from sam2oct.model.hub import stored_checkpoint, stored_key
+from sam2oct.pipeline.options import OPTION_HELP, PipelineOptions
+from sam2oct.geometry.polygons import label_map_to_shapes
+from sam2oct.model.predictor import SemanticPredictor
 
 NR206 = ["background", "NFL", "GCL+IPL", "INL", "OPL", "ONL", "ELM+IS", "OS", "RPE"]
 SYNTH = ROOT / "tests" / "data" / "bscan_768x496_s1.png"
@@ -310,12 +311,12 @@ def test_flags_take_default_and_help_from_the_pipeline():
     segment = parser._subparsers._group_actions[0].choices["segment"]
     actions = {a.dest: a for a in segment._actions}
     defaults = {f.name: f.default for f in fields(PipelineOptions)}
-    for option in cli.SEGMENT_OPTIONS:
+    for option in flags.SEGMENT_OPTIONS:
         action = actions[option]
-        assert action.option_strings == [cli.OPTION_FLAGS[option]]
+        assert action.option_strings == [flags.OPTION_FLAGS[option]]
         assert action.default == defaults[option], option
         assert action.help.startswith(OPTION_HELP[option]), option
-    assert set(cli.OPTION_FLAGS) <= set(PipelineOptions.names())
+    assert set(flags.OPTION_FLAGS) <= set(PipelineOptions.names())
     assert segment.parse_args(["x.png"]).min_area == PipelineOptions().min_area
 
 
@@ -324,13 +325,13 @@ def test_options_from_args_is_reusable(monkeypatch, tmp_path):
     import argparse
 
     parser = argparse.ArgumentParser()
-    cli.add_option_flags(parser, cli.MODEL_OPTIONS, preprocess={"choices": ["stretch", "pad-equalize", "both"]})
+    flags.add_option_flags(parser, flags.MODEL_OPTIONS, preprocess={"choices": ["stretch", "pad-equalize", "both"]})
     args = parser.parse_args(["--checkpoint", "m.pt", "--profile", "NR206", "--preprocess", "both"])
-    options = cli.options_from_args(args, preprocess="")
+    options = flags.options_from_args(args, preprocess="")
     assert (options.checkpoint, options.profile, options.preprocess, options.device) == ("m.pt", "nr206", "", "auto")
     args = parser.parse_args(["--models-dir", str(tmp_path)])
     store(tmp_path, "mgu_prompted")
-    options = cli.options_from_args(args)  # the stored checkpoint brings its profile
+    options = flags.options_from_args(args)  # the stored checkpoint brings its profile
     assert (options.checkpoint, options.profile) == (str(tmp_path / stored_key("mgu_prompted")), "mgu_prompted")
 
 
@@ -380,7 +381,7 @@ def test_download_arguments_reach_the_hub_module(monkeypatch, tmp_path, capsys):
         calls.append((profile, models_dir, revision))
         return Path(models_dir) / profile / "weights.pt"
 
-    monkeypatch.setattr(sam2oct.hub, "download", fake_download)
+    monkeypatch.setattr(sam2oct.model.hub, "download", fake_download)
     assert cli.main(["download", "nr206", "--models-dir", str(tmp_path)]) == 0
     assert cli.main(["download", "mgu_prompted", "--revision", "abc123"]) == 0
     assert calls == [("nr206", str(tmp_path), None), ("mgu_prompted", "models", "abc123")]

@@ -15,7 +15,7 @@ from PIL import Image
 from conftest import ROOT
 from harness import Worker, b64, encode
 from model_handler import _mask_json
-from sam2oct.pipeline import Pipeline
+from sam2oct.pipeline.pipeline import Pipeline
 
 SYNTH = ROOT / "tests" / "data" / "bscan_768x496_s1.png"
 

@@ -45,9 +45,9 @@ from PIL import Image
 from scipy import ndimage
 
 from sam2oct import cvat_function
-from sam2oct.checkpoint import build_model
-from sam2oct.polygons import flatten_points, rasterize_shapes
-from sam2oct.profiles import PROFILES
+from sam2oct.model.checkpoint import build_model
+from sam2oct.geometry.polygons import flatten_points, rasterize_shapes
+from sam2oct.model.profiles import PROFILES
 
 MODULE = "sam2oct.cvat_function"
 TINY = (f"checkpoint=str:{TINY_CKPT}", f"config=str:{TINY_CONFIG}", "min_area=int:100")
@@ -284,7 +284,7 @@ def test_docs_list_every_parameter():
 def test_parameters_are_the_pipeline_options():
     from dataclasses import fields
 
-    from sam2oct.pipeline import PipelineOptions
+    from sam2oct.pipeline.options import PipelineOptions
     assert list(cvat_function.PARAMETERS) == ["kind"] + [f.name for f in fields(PipelineOptions)]
 
 

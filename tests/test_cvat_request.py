@@ -1,4 +1,4 @@
-"""sam2oct.cvat: parsing and validating what CVAT sends, with hand-written expectations."""
+"""sam2oct.serving.cvat_request: parsing and validating what CVAT sends, with hand-written expectations."""
 
 import base64
 import json
@@ -6,7 +6,7 @@ import json
 import numpy as np
 import pytest
 
-from sam2oct.cvat import fit_bbox, fit_points, parse_body, parse_detector, parse_interactor
+from sam2oct.serving.cvat_request import fit_bbox, fit_points, parse_body, parse_detector, parse_interactor
 from sam2oct.errors import RequestError
 
 IMG = b"\x89PNG fake image bytes"  # parsing never decodes the picture

@@ -13,11 +13,12 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 from PIL import Image
 
 from conftest import DATA
-from sam2oct.datasets import (FORMAT_CVAT, FORMAT_PLAIN, FORMAT_SEGMENTATION_MASK, DatasetError,
-                              load_dataset, rasterize, split_by_volume, volume_of)
-from sam2oct.images import read_image
-from sam2oct.polygons import label_map_to_shapes, rasterize_shapes
-from sam2oct.profiles import NR206_CLASSES
+from sam2oct.data.datasets import load_dataset, split_by_volume
+from sam2oct.data.samples import (FORMAT_CVAT, FORMAT_PLAIN, FORMAT_SEGMENTATION_MASK, DatasetError, rasterize,
+                                  volume_of)
+from sam2oct.geometry.images import read_image
+from sam2oct.geometry.polygons import label_map_to_shapes, rasterize_shapes
+from sam2oct.model.profiles import NR206_CLASSES
 
 EXPORT = DATA / "cvat-export" / "synthetic_cvat_for_images_1.1.zip"
 SYNTH_LABELS = DATA / "synthetic"
@@ -498,7 +499,7 @@ def test_volume_of(name, volume):
 
 
 def fake_dataset(volumes):
-    from sam2oct.datasets import Dataset, Sample
+    from sam2oct.data.samples import Dataset, Sample
 
     z = np.zeros((1, 1), np.float32)
     samples = [Sample(f"{v}_{i:03d}.png" if v else f"single{i}.png", z, np.ones((1, 1), np.uint8), v)

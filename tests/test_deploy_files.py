@@ -33,8 +33,8 @@ from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 from packaging.version import Version
 
-from sam2oct.profiles import PROFILES, parse_class_names
-from sam2oct.settings import ENV_VARS
+from sam2oct.model.profiles import PROFILES, parse_class_names
+from sam2oct.serving.settings import ENV_VARS
 
 ROOT = Path(__file__).resolve().parents[1]
 INTERACTORS = ["function.yaml", "function-gpu.yaml"]

@@ -13,11 +13,12 @@ import pytest
 from PIL import Image
 
 from conftest import DATA, ROOT, TINY_CKPT, TINY_CONFIG
+import sam2oct.cli.evaluate
 from sam2oct import cli
-from sam2oct.datasets import Dataset, Sample, rasterize
-from sam2oct.evaluate import compare, format_table, score
-from sam2oct.polygons import label_map_to_shapes
-from sam2oct.profiles import NR206_CLASSES
+from sam2oct.data.samples import Dataset, Sample, rasterize
+from sam2oct.evaluation.evaluate import compare, format_table, score
+from sam2oct.geometry.polygons import label_map_to_shapes
+from sam2oct.model.profiles import NR206_CLASSES
 from test_datasets import cvat_xml, polygon_xml, write_zip
 
 EXPORT = DATA / "cvat-export" / "synthetic_cvat_for_images_1.1.zip"
@@ -126,7 +127,7 @@ TINY = ["--checkpoint", str(TINY_CKPT), "--config", str(TINY_CONFIG)]
 def test_user_errors_end_in_one_line_before_the_model_loads(tmp_path, monkeypatch, capsys):
     proc = run_cli("evaluate", tmp_path / "nope.zip", *TINY)
     assert proc.returncode == 2 and proc.stderr.strip().splitlines() == [f"error: dataset not found: {tmp_path / 'nope.zip'}"]
-    monkeypatch.setattr(cli, "_label_map_predictors", lambda *a: pytest.fail("the model was loaded"))
+    monkeypatch.setattr(sam2oct.cli.evaluate, "_label_map_predictors", lambda *a: pytest.fail("the model was loaded"))
     code = cli.main(["evaluate", str(EXPORT), *TINY, "--class-names", "background,a,b,c,d,e,f,g,h"])
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1

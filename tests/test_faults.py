@@ -9,7 +9,7 @@ import torch
 from conftest import TINY_CKPT
 from harness import Worker, b64, banded_image, encode, start_failure, write_summary
 
-import sam2oct.polygons
+import sam2oct.geometry.polygons
 from sam2oct.errors import CheckpointError, ConfigError
 
 FRAME_A = encode(banded_image(32, 24, seed=11))
@@ -61,7 +61,7 @@ def test_out_of_memory_is_503_frees_the_cache_and_the_next_request_works(fn, ref
     predictor = fn.model.predictor
     assert len(predictor.cache) == 1
     owner, name = {"encode_image": (predictor.model, "encode_image"), "decode": (predictor.model, "decode"),
-                   "shapes": (sam2oct.polygons, "label_map_to_shapes")}[where]
+                   "shapes": (sam2oct.geometry.polygons, "label_map_to_shapes")}[where]
     state = fail_once(monkeypatch, owner, name, exc())
     reply = fn.call(body(FRAME_B))
     assert state["calls"] == 1

@@ -20,14 +20,15 @@ from conftest import DATA, ROOT, TINY_CKPT, TINY_CONFIG
 from PIL import Image
 
 from sam2oct import cli
-from sam2oct.augment import AugmentOptions, augment
-from sam2oct.checkpoint import load_model, read_state_dict, sha256_of
-from sam2oct.datasets import Sample, load_dataset
-from sam2oct.evaluate import score
-from sam2oct.finetune import FinetuneOptions, prepare_model, save_checkpoint, train
-from sam2oct.losses import argmax_iou, total_loss
-from sam2oct.profiles import NR206_CLASSES
-from sam2oct.synthetic import SCANNER_A, SCANNER_B, synthetic_bscan, synthetic_set
+from sam2oct.training.augment import AugmentOptions, augment
+from sam2oct.model.checkpoint import load_model, read_state_dict, sha256_of
+from sam2oct.data.datasets import load_dataset
+from sam2oct.data.samples import Sample
+from sam2oct.evaluation.evaluate import score
+from sam2oct.training.finetune import FinetuneOptions, prepare_model, save_checkpoint, train
+from sam2oct.training.losses import argmax_iou, total_loss
+from sam2oct.model.profiles import NR206_CLASSES
+from sam2oct.data.synthetic import SCANNER_A, SCANNER_B, synthetic_bscan, synthetic_set
 
 SPECTRALIS_ZIP = DATA / "spectralis" / "spectralis_layers_cvat_for_images_1.1.zip"
 SPECTRALIS_CLASSES = ("background", "NFL", "GCL-BM", "below-BM", "OPL", "ONL", "ELM+IS", "OS", "RPE")
@@ -202,7 +203,7 @@ def test_interrupt_leaves_no_output(config256, tmp_path):
         if step == 2:
             raise KeyboardInterrupt
 
-    from sam2oct.finetune import run
+    from sam2oct.training.finetune import run
     with pytest.raises(KeyboardInterrupt):
         run(load_dataset(out_dir, NR206_CLASSES), None, TINY_CKPT, out, config=config256,
             options=FinetuneOptions(steps=5, batch=1, rank=2), callback=stop)
@@ -365,7 +366,7 @@ def test_real_spectralis_export_raises_held_out_miou(config256):
     training = [s for s in data.samples if s.name != "valid.png"]
     assert {s.volume for s in training} == {"Willis_B_716"} and held.samples[0].volume != "Willis_B_716"
     model = tiny(config256)
-    from sam2oct.finetune import predictor_fn
+    from sam2oct.training.finetune import predictor_fn
     before = score(held, predictor_fn(model, "stretch"))["mean_iou"]
     train(model, training, FinetuneOptions(steps=60, seed=0, **FROM_SCRATCH))
     after = score(held, predictor_fn(model, "stretch"))["mean_iou"]

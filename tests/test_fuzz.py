@@ -24,7 +24,7 @@ from harness import (
     NR206_NAMES, Worker, b64, banded_image, check_detector, check_error, check_interactor, encode, noise_image, write_summary,
 )
 
-from sam2oct.images import read_image
+from sam2oct.geometry.images import read_image
 from sam2oct.errors import RequestError
 
 # Fuzzed TIFFs are corrupt on purpose; Pillow warns about their tags while refusing them.

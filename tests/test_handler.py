@@ -3,7 +3,7 @@ K=9 checkpoint: init, body forms, the stock-CVAT and CVAT-OCT interactor replies
 list, prompts on a prompted profile, errors and recovery.
 
 Ground truth is the model's own label map, read from the worker's predictor directly; every
-expected selection below is recomputed here with scipy, not with sam2oct.interaction. Most
+expected selection below is recomputed here with scipy, not with sam2oct.geometry.interaction. Most
 tests use downscaled frames (96x62, 192x124); a few use one full-size Spectralis B-scan.
 """
 
@@ -20,10 +20,10 @@ from PIL import Image
 from scipy import ndimage
 
 import model_handler
-import sam2oct.predictor
+import sam2oct.model.predictor
 from conftest import ROOT, TINY_CKPT
 from harness import Worker, b64, encode, wire
-from sam2oct.images import read_image
+from sam2oct.geometry.images import read_image
 from sam2oct.errors import Sam2OctError
 
 # NR206 class names in channel order, written out here rather than imported
@@ -248,13 +248,13 @@ def test_init_builds_one_model_handler_per_worker(monkeypatch, synth96):
 
 def test_warm_up_runs_once_and_leaves_no_trace(monkeypatch, interactor, synth96):
     encodes = []
-    real_encode = sam2oct.predictor.SemanticPredictor.encode
+    real_encode = sam2oct.model.predictor.SemanticPredictor.encode
 
     def spy(self, gray):
         encodes.append(gray.shape)
         return real_encode(self, gray)
 
-    monkeypatch.setattr(sam2oct.predictor.SemanticPredictor, "encode", spy)
+    monkeypatch.setattr(sam2oct.model.predictor.SemanticPredictor, "encode", spy)
     Worker()  # warm-up off: no encode at init
     assert encodes == []
     warm = Worker(SAM2OCT_WARMUP="1")

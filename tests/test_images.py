@@ -9,9 +9,9 @@ import pytest
 from conftest import DATA
 from PIL import Image
 
-from sam2oct.images import DEFAULT_MAX_PIXELS, gray_from_pil, read_image
+from sam2oct.geometry.images import DEFAULT_MAX_PIXELS, gray_from_pil, read_image
 from sam2oct.errors import RequestError
-from sam2oct.predictor import SemanticPredictor
+from sam2oct.model.predictor import SemanticPredictor
 
 RNG = np.random.default_rng(1234)
 GREY = RNG.integers(0, 256, size=(37, 53), dtype=np.uint8)  # odd sizes catch transposes

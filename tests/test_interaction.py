@@ -1,11 +1,11 @@
-"""sam2oct.interaction.select on small hand-made label maps; every expected mask is written out.
+"""sam2oct.geometry.interaction.select on small hand-made label maps; every expected mask is written out.
 
 Clicks are (x, y) in pixel-edge coordinates: pixel (row r, col c) covers [c, c+1) x [r, r+1).
 """
 
 import numpy as np
 
-from sam2oct.interaction import select
+from sam2oct.geometry.interaction import select
 
 # 6 rows x 7 cols. Class 1 has two regions (top-left block, bottom-right pair) and
 # class 2 two regions that touch only diagonally (rows 1-2 and the lone pixel at row 3, col 6).

@@ -8,9 +8,9 @@ import torch
 from conftest import ROOT, TINY_CKPT, TINY_CONFIG
 from torch import nn
 
-from sam2oct.checkpoint import build_model, load_model
-from sam2oct.finetune import DECODER_LORA, ENCODER_LORA
-from sam2oct.lora import LoRALinear, add_lora, lora_parameters, merge_lora
+from sam2oct.model.checkpoint import build_model, load_model
+from sam2oct.training.finetune import DECODER_LORA, ENCODER_LORA
+from sam2oct.training.lora import LoRALinear, add_lora, lora_parameters, merge_lora
 
 FIXTURES = ROOT / "tests" / "fixtures"
 

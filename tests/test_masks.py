@@ -14,7 +14,7 @@ from cvat_sdk.masks import decode_mask, encode_mask
 from hypothesis.extra.numpy import arrays
 
 from sam2oct.errors import RequestError
-from sam2oct.masks import rle_to_mask, to_detector_mask, to_interactor_crop
+from sam2oct.geometry.masks import rle_to_mask, to_detector_mask, to_interactor_crop
 
 # Reference decoders written from the CVAT spec, independent of the code under test.
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from sam2oct.checkpoint import _UNUSED_PREFIXES, CLASS_EMBED_KEY, MASK_TOKENS_KEY, build_model
+from sam2oct.model.checkpoint import _UNUSED_PREFIXES, CLASS_EMBED_KEY, MASK_TOKENS_KEY, build_model
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
 

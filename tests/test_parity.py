@@ -12,9 +12,9 @@ import pytest
 import torch
 from parity_fixtures import ENV_VAR, discover
 
-from sam2oct.checkpoint import load_model
-from sam2oct.predictor import SemanticPredictor
-from sam2oct.preprocessing import IMAGENET_MEAN, IMAGENET_STD, FrameGeometry, model_input
+from sam2oct.model.checkpoint import load_model
+from sam2oct.model.predictor import SemanticPredictor
+from sam2oct.model.preprocessing import IMAGENET_MEAN, IMAGENET_STD, FrameGeometry, model_input
 
 ATOL = 1e-4
 FIXTURES, INCOMPLETE = discover()

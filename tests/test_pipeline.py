@@ -7,10 +7,11 @@ import torch
 from conftest import TINY_CONFIG
 from harness import start_failure, Worker
 
-from sam2oct.checkpoint import build_model
+from sam2oct.model.checkpoint import build_model
 from sam2oct.errors import CheckpointError, DeviceError
-from sam2oct.modeling.semantic_sam2 import SemanticSAM2
-from sam2oct.pipeline import PipelineOptions, resolve_device
+from sam2oct.model.modeling.semantic_sam2 import SemanticSAM2
+from sam2oct.model.device import resolve_device
+from sam2oct.pipeline.options import PipelineOptions
 
 
 @pytest.fixture

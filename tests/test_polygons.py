@@ -14,8 +14,10 @@ from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 from PIL import Image
 
-from sam2oct import polygons as polygons_module
-from sam2oct.polygons import flatten_points, label_map_to_shapes, mask_outline, rasterize_shapes
+from sam2oct.geometry import merge as merge_module
+from sam2oct.geometry import runs as runs_module
+from sam2oct.geometry import trace as trace_module
+from sam2oct.geometry.polygons import flatten_points, label_map_to_shapes, mask_outline, rasterize_shapes
 
 DATA = Path(__file__).parent / "data" / "synthetic"
 NAMES = ["background", "a", "b", "c", "d", "e"]
@@ -407,12 +409,12 @@ def test_random_maps_exact(label_map):
 @given(label_maps())
 def test_regions_match_gdal_polygonize(label_map):
     """The traced regions, holes included, are the polygons GDAL's polygonize gives (an independent tracer)."""
-    runs = polygons_module._Runs.of_raster(label_map)
+    runs = runs_module.Runs.of_raster(label_map)
     upper, lower = runs.vertical_pairs
-    region = polygons_module._components(runs, upper, lower, runs.key)
-    ours = polygons_module._trace(runs, region)
+    region = runs_module.components(runs, upper, lower, runs.key)
+    ours = trace_module.trace(runs, region)
     assert shapely.is_valid(ours).all()
-    values = polygons_module._region_values(runs, region)
+    values = runs_module.region_values(runs, region)
     gdal = [(int(v), shapely.geometry.shape(g))
             for g, v in rasterio.features.shapes(label_map.astype(np.int32), connectivity=4)]
 
@@ -421,7 +423,7 @@ def test_regions_match_gdal_polygonize(label_map):
 
     assert summary(zip(values.tolist(), ours)) == summary(gdal)
     # holes counted from the runs alone (which regions get cut) agree with the traced rings
-    holes = polygons_module._hole_counts(runs, region)
+    holes = runs_module.hole_counts(runs, region)
     assert holes.tolist() == shapely.get_num_interior_rings(ours).tolist()
     for value in np.unique(label_map):
         mine = shapely.union_all(ours[values == value])
@@ -430,14 +432,14 @@ def test_regions_match_gdal_polygonize(label_map):
 
 
 # all movers of a round at once, or one per round (the cap that bounds memory on maps with many classes)
-merge_paths = st.sampled_from([polygons_module._MERGE_TABLE_LIMIT, 1])
+merge_paths = st.sampled_from([merge_module.MERGE_TABLE_LIMIT, 1])
 
 
 @settings(max_examples=120, deadline=None)
 @given(label_maps(), st.sampled_from([0.5, 1.0, 2.0, 5.0]), st.sampled_from([0, 3, 8]), merge_paths)
 def test_random_maps_simplified(label_map, tolerance, min_area, merge_limit):
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(polygons_module, "_MERGE_TABLE_LIMIT", merge_limit)
+        patch.setattr(merge_module, "MERGE_TABLE_LIMIT", merge_limit)
         shapes = check_tiles_image(label_map, tolerance, min_area)
         with_background = label_map_to_shapes(label_map, NAMES, tolerance=tolerance, min_area=min_area)
     check_format(shapes, label_map.shape)
@@ -449,7 +451,7 @@ def test_random_maps_simplified(label_map, tolerance, min_area, merge_limit):
 @given(label_maps(), st.integers(2, 10), merge_paths)
 def test_random_maps_merge_only_small_regions(label_map, min_area, merge_limit):
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(polygons_module, "_MERGE_TABLE_LIMIT", merge_limit)
+        patch.setattr(merge_module, "MERGE_TABLE_LIMIT", merge_limit)
         shapes = label_map_to_shapes(label_map, NAMES, tolerance=0, min_area=min_area)
         check_tiles_image(label_map, tolerance=0, min_area=min_area)
     drawn = rasterize(shapes, NAMES, label_map.shape)
@@ -467,7 +469,7 @@ def test_single_pixels_first_is_only_a_shortcut(label_map, min_area):
     """Moving one-pixel regions on the runs first gives the same map as the rounds alone."""
     with_shortcut = label_map_to_shapes(label_map, NAMES, tolerance=0, min_area=min_area)
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(polygons_module, "_SPECKS_FIRST", False)
+        patch.setattr(merge_module, "SPECKS_FIRST", False)
         without = label_map_to_shapes(label_map, NAMES, tolerance=0, min_area=min_area)
     assert (rasterize(with_shortcut, NAMES, label_map.shape) == rasterize(without, NAMES, label_map.shape)).all()
 

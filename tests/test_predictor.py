@@ -14,11 +14,11 @@ import torch.nn.functional as F
 from conftest import TINY_CKPT, TINY_CONFIG
 from torch.profiler import ProfilerActivity, profile
 
-import sam2oct.predictor
-from sam2oct.checkpoint import build_model, load_model
+import sam2oct.model.predictor
+from sam2oct.model.checkpoint import build_model, load_model
 from sam2oct.errors import ConfigError
-from sam2oct.interaction import select
-from sam2oct.predictor import SemanticPredictor, image_digest, use_bf16
+from sam2oct.geometry.interaction import select
+from sam2oct.model.predictor import SemanticPredictor, image_digest, use_bf16
 
 H, W = 96, 160
 
@@ -301,7 +301,7 @@ def test_label_map_class_by_class_equals_all_at_once(small_model, monkeypatch, m
     prompts = {"points": [[30.0, 40.0]], "labels": [1]}
     whole = p.decode(enc, **prompts, confidence=True)
     for classes_per_step in (1, 2, 4):
-        monkeypatch.setattr(sam2oct.predictor, "_STEP_ELEMENTS", classes_per_step * H * W)
+        monkeypatch.setattr(sam2oct.model.predictor, "_STEP_ELEMENTS", classes_per_step * H * W)
         stepped = p.decode(enc, **prompts, confidence=True)
         assert np.array_equal(stepped.label_map, whole.label_map), classes_per_step
         assert np.allclose(stepped.confidence, whole.confidence, atol=1e-6, rtol=0), classes_per_step

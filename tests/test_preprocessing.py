@@ -8,7 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from sam2oct.errors import ConfigError
-from sam2oct.preprocessing import (IMAGENET_MEAN, IMAGENET_STD, PREPROCESS_MODES, FrameGeometry, check_mode,
+from sam2oct.model.preprocessing import (IMAGENET_MEAN, IMAGENET_STD, PREPROCESS_MODES, FrameGeometry, check_mode,
                                    model_input)
 
 MODES = ["stretch", "pad-equalize"]

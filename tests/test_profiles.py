@@ -3,7 +3,7 @@
 import pytest
 
 from sam2oct.errors import ConfigError
-from sam2oct.profiles import PROFILES, parse_class_names, resolve_profile
+from sam2oct.model.profiles import PROFILES, parse_class_names, resolve_profile
 
 # Copied from the profile table in README.md (the released checkpoints' classes), not from the code.
 MGU = ("background", "RNFL", "GCL", "IPL", "INL", "OPL", "ONL", "IS/OS", "RPE", "Choroid", "Disc")

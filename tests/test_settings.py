@@ -6,8 +6,8 @@ import pytest
 
 from conftest import ROOT
 from sam2oct.errors import ConfigError
-from sam2oct.pipeline import PipelineOptions
-from sam2oct.settings import ENV_VARS, OPTION_ENV, Settings
+from sam2oct.pipeline.options import PipelineOptions
+from sam2oct.serving.settings import ENV_VARS, OPTION_ENV, Settings
 
 
 def test_defaults_when_nothing_is_set():

@@ -13,7 +13,7 @@ import os
 import pytest
 from harness import Worker, b64, banded_image, cache_mb_for, encode, vm_kib, write_summary
 
-from sam2oct.predictor import EncodedImage
+from sam2oct.model.predictor import EncodedImage
 
 LONG = os.environ.get("SAM2OCT_SOAK_LONG", "") not in ("", "0")
 SCALE = 10 if LONG else 1

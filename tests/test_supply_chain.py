@@ -17,11 +17,11 @@ import torch
 from conftest import TINY_CKPT, TINY_CONFIG
 from harness import start_failure, write_summary
 
-import sam2oct.hub as hub
-from sam2oct import checkpoint
-from sam2oct.checkpoint import load_model, verify_recorded_checksum
+import sam2oct.model.hub as hub
+from sam2oct.model import checkpoint
+from sam2oct.model.checkpoint import load_model, verify_recorded_checksum
 from sam2oct.errors import CheckpointError
-from sam2oct.profiles import HF_REPO, PROFILES
+from sam2oct.model.profiles import HF_REPO, PROFILES
 
 COMMIT_A = "a" * 40
 COMMIT_B = "b" * 40

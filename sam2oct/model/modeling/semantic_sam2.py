@@ -6,8 +6,8 @@ import torch
 from sam2.modeling.sam2_base import SAM2Base
 from sam2.modeling.sam.transformer import TwoWayTransformer
 
-from sam2oct.modeling.semantic_mask_decoder import SemanticMaskDecoder
-from sam2oct.modeling.semantic_prompt_encoder import SemanticPromptEncoder
+from sam2oct.model.modeling.semantic_mask_decoder import SemanticMaskDecoder
+from sam2oct.model.modeling.semantic_prompt_encoder import SemanticPromptEncoder
 
 # Settings that make SAM2Base a single-image semantic model; the released weights were
 # trained with them, whatever the base config file says.

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage
 
-from sam2oct.profiles import NR206_CLASSES
+from sam2oct.model.profiles import NR206_CLASSES
 
 # Mean thickness of NFL, GCL+IPL, INL, OPL, ONL, ELM+IS, OS, RPE as a fraction of the height,
 # and their reflectivity (0..1) before imaging; index 0 of the reflectivity is the vitreous.

@@ -16,7 +16,7 @@ from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
 from sam2oct.errors import CheckpointError
-from sam2oct.modeling.semantic_sam2 import SEMANTIC_OVERRIDES, SemanticSAM2
+from sam2oct.model.modeling.semantic_sam2 import SEMANTIC_OVERRIDES, SemanticSAM2
 
 CHECKSUMS_NAME = "checksums.json"  # written by `python -m sam2oct download`
 DEFAULT_CONFIG = "configs/sam2.1/sam2.1_hiera_b+.yaml"  # inside the sam2 package

@@ -1,33 +1,15 @@
 """The Nuclio front door's settings: environment variables, read once at init time.
 
-Each pipeline option has one variable here; its default is the pipeline's own
-(``PipelineOptions``), so no default is written twice. A few settings belong to the Nuclio
+Each pipeline option's variable, default and help come from the options table
+(``sam2oct.pipeline.options``), so nothing is written twice. A few settings belong to the Nuclio
 function alone (mode, request limits, warm-up).
 """
 
 import os
-from dataclasses import MISSING, dataclass, fields
+from dataclasses import dataclass
 
 from sam2oct.errors import ConfigError, Sam2OctError, describe
-from sam2oct.pipeline import OPTION_HELP, PipelineOptions
-
-# pipeline option -> the environment variable that sets it
-OPTION_ENV = {
-    "checkpoint": "SAM2_CHECKPOINT",
-    "config": "SAM2_CONFIG",
-    "device": "SAM2_DEVICE",
-    "profile": "SAM2OCT_PROFILE",
-    "class_names": "SAM2OCT_CLASS_NAMES",
-    "preprocess": "SAM2OCT_PREPROCESS",
-    "label_style": "SAM2OCT_LABEL_STYLE",
-    "precision": "SAM2OCT_PRECISION",
-    "cache_mb": "SAM2OCT_CACHE_MB",
-    "simplify": "SAM2OCT_SIMPLIFY",
-    "min_area": "SAM2OCT_MIN_AREA",
-    "max_pixels": "SAM2OCT_MAX_PIXELS",
-    "torch_threads": "SAM2OCT_TORCH_THREADS",
-    "snap_px": "SAM2OCT_SNAP_PX",
-}
+from sam2oct.pipeline.options import OPTION_DEFAULTS, OPTION_ENV, OPTION_HELP, PipelineOptions
 
 _NUCLIO_ONLY = {
     "SAM2OCT_MODE": ("interactor", "interactor or detector"),
@@ -37,12 +19,8 @@ _NUCLIO_ONLY = {
 }
 
 
-def _option_defaults() -> dict:
-    return {f.name: f.default for f in fields(PipelineOptions) if f.default is not MISSING}
-
-
 def _env_table() -> dict:
-    defaults = _option_defaults()
+    defaults = OPTION_DEFAULTS
     table = {}
     for option, env in OPTION_ENV.items():
         default = defaults[option]
@@ -60,7 +38,7 @@ def _parse(env, option):
     """The string of one option's variable, typed as the option is (unset: the pipeline's default)."""
     name = OPTION_ENV[option]
     raw = env.get(name)
-    default = _option_defaults()[option]
+    default = OPTION_DEFAULTS[option]
     if raw is None or (raw.strip() == "" and not isinstance(default, (int, float))):
         return default
     if isinstance(default, bool) or not isinstance(default, (int, float)):

@@ -18,7 +18,7 @@ from typing import Callable
 
 import numpy as np
 
-from sam2oct.datasets import Dataset
+from sam2oct.data.samples import Dataset
 
 __all__ = ["score", "format_table", "compare", "image_counts", "counts_report"]
 

@@ -27,14 +27,14 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from sam2oct.augment import AugmentOptions, augment
-from sam2oct.checkpoint import load_model, read_state_dict, sha256_of
+from sam2oct.training.augment import AugmentOptions, augment
+from sam2oct.model.checkpoint import load_model, read_state_dict, sha256_of
 from sam2oct.errors import ConfigError
-from sam2oct.lora import add_lora, merge_lora
-from sam2oct.losses import LossWeights, total_loss
-from sam2oct.modeling.semantic_sam2 import ImageFeatures
-from sam2oct.predictor import SemanticPredictor
-from sam2oct.preprocessing import FrameGeometry, model_input
+from sam2oct.training.lora import add_lora, merge_lora
+from sam2oct.training.losses import LossWeights, total_loss
+from sam2oct.model.modeling.semantic_sam2 import ImageFeatures
+from sam2oct.model.predictor import SemanticPredictor
+from sam2oct.model.preprocessing import FrameGeometry, model_input
 
 MODES = ("lora", "decoder", "full")
 ENCODER_LORA = r"image_encoder\.trunk\.blocks\.\d+\.attn\.(qkv|proj)"
@@ -311,7 +311,7 @@ def save_checkpoint(model, base_sd: dict, out, metadata: dict | None = None) -> 
 def run(train_set, val_set, checkpoint, out, *, config=None, class_names=(), options=FinetuneOptions(),
         device="cpu", data=None, callback=None, progress=False) -> dict:
     """Evaluate (if val_set), fine-tune, save OUT atomically, evaluate the saved file; the report."""
-    from sam2oct.evaluate import score
+    from sam2oct.evaluation.evaluate import score
 
     o = options.resolved()
     started = time.perf_counter()

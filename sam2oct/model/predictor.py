@@ -10,8 +10,8 @@ import numpy as np
 import torch
 
 from sam2oct.errors import ConfigError
-from sam2oct.modeling.semantic_sam2 import ImageFeatures, SemanticSAM2
-from sam2oct.preprocessing import FrameGeometry, check_mode, model_input
+from sam2oct.model.modeling.semantic_sam2 import ImageFeatures, SemanticSAM2
+from sam2oct.model.preprocessing import FrameGeometry, check_mode, model_input
 
 DEFAULT_CACHE_BYTES = 2 << 30
 # bf16 autocast runs natively from Ampere (compute capability 8.0) on; T4, V100 and Turing

@@ -12,11 +12,11 @@ from pathlib import Path
 
 import torch
 
-from sam2oct.checkpoint import (
+from sam2oct.model.checkpoint import (
     CHECKSUMS_NAME, build_model, check_state_dict, num_classes_of, read_checksums, read_state_dict, sha256_of,
 )
 from sam2oct.errors import CheckpointError
-from sam2oct.profiles import HF_REPO, PROFILES
+from sam2oct.model.profiles import HF_REPO, PROFILES
 
 # The hub revision downloads use unless told otherwise. The first download records the
 # commit this resolved to in models/checksums.json, and later downloads reuse that commit.

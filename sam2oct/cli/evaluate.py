@@ -1,0 +1,66 @@
+"""`evaluate`: score a checkpoint on annotated B-scans (IoU, Dice, boundary error)."""
+
+import json
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+from sam2oct.cli.flags import MODEL_OPTIONS, add_option_flags, options_from_args
+from sam2oct.model.preprocessing import PREPROCESS_MODES
+from sam2oct.pipeline.options import OPTION_HELP
+
+
+def run(args) -> int:
+    from sam2oct.data.datasets import load_dataset
+    from sam2oct.data.samples import DatasetError
+    from sam2oct.evaluation.evaluate import compare, format_table, score
+    from sam2oct.pipeline.pipeline import preflight
+
+    if not Path(args.data).exists():
+        raise DatasetError(f"dataset not found: {args.data}")
+    both = args.preprocess == "both"
+    # Each frame is encoded once per preprocessing: no feature cache.
+    options = options_from_args(args, preprocess="" if both else args.preprocess, cache_mb=0)
+    # The classes come from the checkpoint's K without building the model, so a label the
+    # model does not know stops the run before the slow part.
+    profile = preflight(options)
+    dataset = load_dataset(args.data, profile.class_names, max_pixels=options.max_pixels)
+    skipped = ", ".join(f"{v} {k}" for k, v in dataset.skipped.items())
+    print(f"{dataset.source}: {len(dataset)} B-scans" + (f"; skipped {skipped}" if skipped else ""),
+          file=sys.stderr)
+    modes = list(PREPROCESS_MODES) if both else [options.preprocess or profile.preprocess]
+    predictors = _label_map_predictors(options, modes)
+    def progress(i, n, sample, mode=None):
+        print(f"[{i}/{n}] {sample.name}" + (f" ({mode})" if mode else ""), file=sys.stderr)
+
+    reports = {mode: score(dataset, predict, lambda *a, m=mode: progress(*a, m if len(modes) > 1 else None))
+               for mode, predict in predictors.items()}
+    report = compare(reports) if len(reports) > 1 else {"preprocess": modes[0], **reports[modes[0]]}
+    report["source"], report["skipped"] = dataset.source, dataset.skipped
+    print(format_table(report))
+    if args.json:
+        Path(args.json).write_text(json.dumps(report, indent=1, allow_nan=False))
+    return 0
+
+
+def _label_map_predictors(options, modes) -> dict:
+    """{preprocessing: grey frame -> label map}, one model shared by all."""
+    from sam2oct.pipeline.pipeline import Pipeline
+
+    first = Pipeline(replace(options, preprocess=modes[0]))
+    pipelines = [first] + [Pipeline(replace(options, preprocess=m), model=first.predictor.model) for m in modes[1:]]
+    return {m: (lambda gray, p=p: p.predict(p.encode(gray)).label_map) for m, p in zip(modes, pipelines)}
+
+
+
+
+def add_parser(sub) -> None:
+    ev = sub.add_parser("evaluate", help="score a checkpoint on annotated B-scans (IoU, Dice, boundary error)")
+    ev.add_argument("data", metavar="DATA",
+                    help="CVAT export (zip or folder: 'CVAT for images 1.1', 'Segmentation mask 1.1') "
+                         "or a folder with images/ and labels/")
+    add_option_flags(ev, MODEL_OPTIONS + ("max_pixels",), preprocess={
+        "choices": list(PREPROCESS_MODES) + ["both"],
+        "help": OPTION_HELP["preprocess"] + "; 'both' scores the two side by side"})
+    ev.add_argument("--json", help="write the full report here (per class, per image)")
+    ev.set_defaults(run=run)
