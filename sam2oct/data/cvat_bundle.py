@@ -55,7 +55,7 @@ def mask_rle(mask: np.ndarray):
 
 
 def label_colour(k: int) -> str:
-    from sam2oct.cli import PALETTE  # the overlay colours, so CVAT shows the layers as the CLI does
+    from sam2oct.cli.overlay import PALETTE  # the overlay colours, so CVAT shows the layers as the CLI does
 
     r, g, b = PALETTE[k % len(PALETTE)]
     return f"#{r:02x}{g:02x}{b:02x}"

@@ -4,7 +4,7 @@ Spacing from the shared (else the first per-frame) functional groups' Pixel Meas
 PixelSpacing = [row spacing, column spacing] = [axial, lateral] in mm; SliceThickness, else
 SpacingBetweenSlices = the distance between B-scans. Laterality from ImageLaterality (else the
 series' Laterality): R -> OD, L -> OS. Integer pixels go through the 16-bit rule of
-sam2oct.images (v / frame maximum), 8-bit pixels are kept.
+sam2oct.geometry.images (v / frame maximum), 8-bit pixels are kept.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from sam2oct.images import DEFAULT_MAX_PIXELS
+from sam2oct.geometry.images import DEFAULT_MAX_PIXELS
 from sam2oct.data.volumes.volume import (Volume, VolumeError, check_dimensions, display_u8, file_sha256,
                                          needs_reversal, superior_first)
 
@@ -143,4 +143,4 @@ def read_dicom(path: Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> Volume:
     return superior_first(Volume(bscans=bscans, spacing_um=_spacing_um(ds, n), laterality=_LATERALITY.get(lat, ""),
                  scan_pattern="line" if n == 1 else "volume", source=path, sha256=file_sha256(path),
                  positions=positions, position_unit=unit if positions is not None else "",
-                 format="dicom-opt", display="8-bit kept; integer v / frame maximum (sam2oct.images)"), rev)
+                 format="dicom-opt", display="8-bit kept; integer v / frame maximum (sam2oct.geometry.images)"), rev)

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from sam2oct.images import DEFAULT_MAX_PIXELS
+from sam2oct.geometry.images import DEFAULT_MAX_PIXELS
 from sam2oct.data.volumes.volume import (Volume, VolumeError, check_dimensions, file_sha256,
                                          needs_reversal, superior_first)
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-from sam2oct.images import DEFAULT_MAX_PIXELS
+from sam2oct.geometry.images import DEFAULT_MAX_PIXELS
 from sam2oct.data.volumes import dicom, heidelberg, stacks, vendors
 from sam2oct.data.volumes.volume import LATERALITIES, Volume, VolumeError
 

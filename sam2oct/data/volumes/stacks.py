@@ -2,7 +2,7 @@
 
 The file holds no geometry, so spacing and laterality are the caller's (``--spacing``,
 ``--laterality``), NaN and '' when not given. Pages and files keep their order (folders in
-natural order: bscan_2 before bscan_10); each gets the rule sam2oct.images applies to one image.
+natural order: bscan_2 before bscan_10); each gets the rule sam2oct.geometry.images applies to one image.
 """
 
 from __future__ import annotations
@@ -14,13 +14,13 @@ from pathlib import Path
 import numpy as np
 
 from sam2oct.errors import RequestError
-from sam2oct.images import DEFAULT_MAX_PIXELS, read_image
+from sam2oct.geometry.images import DEFAULT_MAX_PIXELS, read_image
 from sam2oct.data.volumes.volume import (Volume, VolumeError, check_dimensions, display_u8, file_sha256,
                                          from_unit, nan_spacing)
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
 TIFF_MAGICS = (b"II*\0", b"MM\0*", b"II+\0", b"MM\0+")
-DISPLAY = "8-bit kept; 16/32-bit integer v / frame maximum; float stretched; colour to luma (sam2oct.images)"
+DISPLAY = "8-bit kept; 16/32-bit integer v / frame maximum; float stretched; colour to luma (sam2oct.geometry.images)"
 
 
 def natural_key(name: str):
@@ -59,7 +59,7 @@ def read_tiff(path: Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> Volume:
 
 
 def _grey(frame: np.ndarray, path) -> np.ndarray:
-    if frame.ndim == 3:  # RGB(A): ITU-R 601 luma, as PIL's convert("L") in sam2oct.images
+    if frame.ndim == 3:  # RGB(A): ITU-R 601 luma, as PIL's convert("L") in sam2oct.geometry.images
         from PIL import Image
 
         rgb = frame[..., :3]

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from sam2oct.images import DEFAULT_MAX_PIXELS
+from sam2oct.geometry.images import DEFAULT_MAX_PIXELS
 from sam2oct.data.volumes.volume import (Volume, VolumeError, check_dimensions, display_u8, file_sha256,
                                          nan_spacing)
 
@@ -94,7 +94,7 @@ def read_topcon(path: Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> Volume:
     return Volume(bscans=bscans, spacing_um=spacing, laterality=_LATERALITY.get(oct_volume.laterality or "", ""),
                   scan_pattern="volume" if n > 1 else "line", source=path, sha256=file_sha256(path),
                   layers=layers, format=f"topcon-{kind}",
-                  display="8-bit JPEG B-scans kept; 16-bit v / frame maximum (sam2oct.images)")
+                  display="8-bit JPEG B-scans kept; 16-bit v / frame maximum (sam2oct.geometry.images)")
 
 
 def _check_topcon(path, reader, kind, max_pixels):
@@ -182,7 +182,7 @@ def _read_optovue(path: Path, max_pixels: int) -> Volume:
     bscans = np.stack([display_u8(np.asarray(b, dtype=np.float32), path) for b in volumes[0].volume])
     return Volume(bscans=bscans, spacing_um=nan_spacing(), laterality=_LATERALITY.get(volumes[0].laterality or "", ""),
                   scan_pattern="volume" if len(bscans) > 1 else "line", source=path, sha256=file_sha256(path),
-                  format="optovue-oct", display="float stretched over each B-scan's range (sam2oct.images)")
+                  format="optovue-oct", display="float stretched over each B-scan's range (sam2oct.geometry.images)")
 
 
 def _read_bioptigen(path: Path, max_pixels: int) -> Volume:
@@ -210,7 +210,7 @@ def _read_bioptigen(path: Path, max_pixels: int) -> Volume:
     lat = re.search(r"O[DS]", path.stem)
     return Volume(bscans=np.stack(bscans), spacing_um=nan_spacing(), laterality=lat.group(0) if lat else "",
                   scan_pattern="volume" if len(bscans) > 1 else "line", source=path, sha256=file_sha256(path),
-                  format="bioptigen-oct", display="16-bit v / frame maximum (sam2oct.images)")
+                  format="bioptigen-oct", display="16-bit v / frame maximum (sam2oct.geometry.images)")
 
 
 def is_topcon(head: bytes) -> bool:

@@ -17,7 +17,7 @@ import numpy as np
 from PIL import Image
 
 from sam2oct.errors import Sam2OctError
-from sam2oct.images import DEFAULT_MAX_PIXELS, gray_from_pil
+from sam2oct.geometry.images import DEFAULT_MAX_PIXELS, gray_from_pil
 
 LATERALITIES = ("OD", "OS", "")
 SCAN_PATTERNS = ("line", "circle", "volume", "radial", "stack", "image", "unknown")
