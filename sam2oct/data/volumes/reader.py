@@ -40,6 +40,25 @@ def read_volume(path, *, spacing=None, laterality=None, max_pixels: int = DEFAUL
     return _with_caller_geometry(vol, spacing, laterality)
 
 
+def looks_like_volume(path) -> bool:
+    """Whether ``path`` is read as a volume (a folder, a scanner file, a TIFF of several pages)
+    rather than as one B-scan image; a missing path is not (it fails as an image would)."""
+    path = Path(path)
+    if path.is_dir():
+        return True
+    if not path.is_file():
+        return False
+    if path.suffix.lower() in VOLUME_SUFFIXES and path.suffix.lower() not in (".tif", ".tiff"):
+        return True
+    with open(path, "rb") as f:
+        head = f.read(132)
+    if head.startswith((heidelberg.VOL_MAGIC, heidelberg.E2E_MAGIC)) or dicom.is_dicom(head) or vendors.is_topcon(head):
+        return True
+    if head[:4] in stacks.TIFF_MAGICS:
+        return stacks.tiff_pages(path) > 1
+    return False
+
+
 def _read_file(path: Path, max_pixels: int) -> Volume:
     with open(path, "rb") as f:
         head = f.read(132)

@@ -28,6 +28,17 @@ def natural_key(name: str):
     return [(0, int(t), "") if t.isdigit() else (1, 0, t.lower()) for t in re.split(r"(\d+)", name) if t]
 
 
+def tiff_pages(path: Path) -> int:
+    """Pages of a TIFF (0 if it cannot be parsed: reading it then says why)."""
+    import tifffile
+
+    try:
+        with tifffile.TiffFile(path) as tif:
+            return len(tif.pages)
+    except Exception:  # tifffile raises many types on broken files
+        return 0
+
+
 def read_tiff(path: Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> Volume:
     import tifffile
 
@@ -80,7 +91,10 @@ def read_folder(path: Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> Volume:
     for f in files:
         data = f.read_bytes()
         digest.update(f.name.encode() + b"\0" + hashlib.sha256(data).digest())
-        frames.append(_image_u8(f, data, max_pixels))
+        try:
+            frames.append(_image_u8(f.name, data, max_pixels))
+        except VolumeError as exc:
+            raise VolumeError(f"{path} (a folder of B-scans): {exc}", option=exc.option) from exc
         if frames[-1].shape != frames[0].shape:
             raise VolumeError(f"{f}: B-scan is {frames[-1].shape[1]}x{frames[-1].shape[0]}, the folder's "
                               f"first ({files[0].name}) is {frames[0].shape[1]}x{frames[0].shape[0]}")
@@ -96,8 +110,8 @@ def read_single_image(path: Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> Volum
                   source=path, sha256=file_sha256(path), format="image", display=DISPLAY)
 
 
-def _image_u8(path: Path, data: bytes, max_pixels: int) -> np.ndarray:
+def _image_u8(path, data: bytes, max_pixels: int) -> np.ndarray:
     try:
         return from_unit(read_image(data, max_pixels))
     except RequestError as exc:
-        raise VolumeError(f"{path}: {exc}") from exc
+        raise VolumeError(f"{path}: {exc}", option="max_pixels" if exc.status == 413 else None) from exc

@@ -117,10 +117,10 @@ def check_dimensions(path, n: int, height: int, width: int, max_pixels: int = DE
         raise VolumeError(f"{path}: header declares {n} B-scans of {width}x{height} pixels: nothing to read")
     if width * height > max_pixels:
         raise VolumeError(f"{path}: B-scans of {width}x{height} = {width * height} pixels are over the "
-                          f"pixel limit of {max_pixels}")
+                          f"pixel limit of {max_pixels}", option="max_pixels")
     if n * width * height > VOXELS_PER_PIXEL_LIMIT * max_pixels:
         raise VolumeError(f"{path}: {n} B-scans of {width}x{height} pixels are over the volume limit of "
-                          f"{VOXELS_PER_PIXEL_LIMIT * max_pixels} voxels")
+                          f"{VOXELS_PER_PIXEL_LIMIT * max_pixels} voxels", option="max_pixels")
 
 
 def display_u8(frame: np.ndarray, path=None) -> np.ndarray:
