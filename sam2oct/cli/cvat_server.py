@@ -102,8 +102,8 @@ def create_task(client, bundle: Path, fields: dict) -> str:
             annotation_format=ANNOTATION_FORMAT)
     except Exception as exc:
         removed = _remove(created)
-        raise ConfigError(f"{bundle.name}: creating the CVAT task failed ({_first_line(exc)}); {removed}",
-                          option="server_host") from None
+        raise ConfigError(f"{bundle.name}: creating the CVAT task failed ({_first_line(exc)}); {removed}; "
+                          f"the bundle {bundle} is kept", option="server_host") from None
     finally:
         del repo.create  # the repository's own method again
     return f"{client.api_map.host}/tasks/{task.id}"

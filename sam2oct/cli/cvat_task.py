@@ -17,7 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
-from sam2oct.cli.cvat_server import SERVER_FLAGS, add_server_flags, connect, create_task, task_fields, wants_server
+from sam2oct.cli import cvat_server
+from sam2oct.cli.cvat_server import SERVER_FLAGS, add_server_flags, create_task, task_fields, wants_server
 from sam2oct.cli.flags import OPTION_NAMES, SEGMENT_OPTIONS, add_option_flags, option_values, with_checkpoint
 from sam2oct.cli.paths import make_folder
 from sam2oct.cli.volume_io import FLAG_NAMES, progress_bar, read_sources, segment_frames, spacing_flag, unique_stems
@@ -53,7 +54,7 @@ def run(args) -> int:
     profile = preflight(options)  # device, config, checkpoint and profile, without building the model
     client = fields = None
     if wants_server(args):  # log in and check the project's labels before anything is computed or sent
-        client = connect(args)
+        client = cvat_server.connect(args)
         fields = task_fields(client, args.project_id, layer_names(profile, options.label_style))
 
     pipeline = Pipeline(options)
