@@ -65,7 +65,9 @@ def connect(args):
 def task_fields(client, project_id, layer_names) -> dict:
     """The task's label source: the project (which must hold every layer) or the layers themselves."""
     if project_id is None:
-        return {"labels": labels_spec(["background", *layer_names])}
+        from sam2oct.cli.overlay import PALETTE_HEX
+
+        return {"labels": labels_spec(["background", *layer_names], PALETTE_HEX)}
     try:
         project = client.projects.retrieve(project_id)
         have = {label.name for label in project.get_labels()}

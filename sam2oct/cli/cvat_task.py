@@ -19,6 +19,7 @@ import numpy as np
 
 from sam2oct.cli import cvat_server
 from sam2oct.cli.cvat_server import SERVER_FLAGS, add_server_flags, create_task, task_fields, wants_server
+from sam2oct.cli.overlay import PALETTE_HEX
 from sam2oct.cli.flags import OPTION_NAMES, SEGMENT_OPTIONS, add_option_flags, option_values, with_checkpoint
 from sam2oct.cli.paths import make_folder
 from sam2oct.cli.volume_io import FLAG_NAMES, progress_bar, read_sources, segment_frames, spacing_flag, unique_stems
@@ -69,7 +70,7 @@ def run(args) -> int:
             maps[i] = prediction.label_map
             if shapes is not None:
                 shapes.append(pipeline.shapes(prediction.label_map))
-        write_bundle(target, source.volume, maps, pipeline.labels, shapes=shapes,
+        write_bundle(target, source.volume, maps, pipeline.labels, shapes=shapes, colours=PALETTE_HEX,
                      extra_meta={"profile": pipeline.profile.name})
         print(f"{source.path}: {n} B-scans -> {target}", file=sys.stderr)
         if client is None:

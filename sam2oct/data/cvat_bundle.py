@@ -54,20 +54,20 @@ def mask_rle(mask: np.ndarray):
     return runs, left, top, int(cols[-1] - left + 1), int(rows[-1] - top + 1)
 
 
-def label_colour(k: int) -> str:
-    from sam2oct.cli.overlay import PALETTE  # the overlay colours, so CVAT shows the layers as the CLI does
+def labels_spec(class_names, colours=None) -> list:
+    """The layers (not the background) as cvat-cli's --labels / cvat-sdk's labels take them;
+    ``colours[k]`` ('#rrggbb') for class k where given, else CVAT picks one."""
+    spec = []
+    for k, name in enumerate(class_names):
+        if k > 0:
+            label = {"name": name, "type": "any", "attributes": []}
+            if colours:
+                label["color"] = colours[k % len(colours)]
+            spec.append(label)
+    return spec
 
-    r, g, b = PALETTE[k % len(PALETTE)]
-    return f"#{r:02x}{g:02x}{b:02x}"
 
-
-def labels_spec(class_names) -> list:
-    """The layers (not the background) as cvat-cli's --labels / cvat-sdk's labels take them."""
-    return [{"name": name, "color": label_colour(k), "type": "any", "attributes": []}
-            for k, name in enumerate(class_names) if k > 0]
-
-
-def annotations_xml(frames, class_names, task_name: str) -> bytes:
+def annotations_xml(frames, class_names, task_name: str, colours=None) -> bytes:
     """``frames``: [(file name, width, height, label map or None, polygon shapes or None)]."""
     root = ET.Element("annotations")
     ET.SubElement(root, "version").text = "1.1"
@@ -75,10 +75,11 @@ def annotations_xml(frames, class_names, task_name: str) -> bytes:
     ET.SubElement(task, "name").text = task_name
     ET.SubElement(task, "size").text = str(len(frames))
     labels = ET.SubElement(task, "labels")
-    for spec in labels_spec(class_names):
+    for spec in labels_spec(class_names, colours):
         label = ET.SubElement(labels, "label")
         ET.SubElement(label, "name").text = spec["name"]
-        ET.SubElement(label, "color").text = spec["color"]
+        if "color" in spec:
+            ET.SubElement(label, "color").text = spec["color"]
         ET.SubElement(label, "type").text = spec["type"]
         ET.SubElement(label, "attributes")
     for i, (name, width, height, label_map, shapes) in enumerate(frames):
@@ -99,11 +100,12 @@ def annotations_xml(frames, class_names, task_name: str) -> bytes:
     return b'<?xml version="1.0" encoding="utf-8"?>\n' + ET.tostring(root, encoding="utf-8")
 
 
-def write_bundle(folder, volume, label_maps: np.ndarray, class_names, *, shapes=None, extra_meta=None) -> Path:
+def write_bundle(folder, volume, label_maps: np.ndarray, class_names, *, shapes=None, colours=None,
+                 extra_meta=None) -> Path:
     """Write one volume's bundle into ``folder`` (which must not exist yet).
 
     ``label_maps`` [N, H, W] class indices; ``shapes``: per frame the polygon shapes to write
-    instead of masks (``--polygons``). ``extra_meta`` is added to volume.json.
+    instead of masks; ``colours`` per class ('#rrggbb'); ``extra_meta`` is added to volume.json.
     """
     folder = Path(folder)
     n, h, w = volume.bscans.shape
@@ -115,8 +117,8 @@ def write_bundle(folder, volume, label_maps: np.ndarray, class_names, *, shapes=
         for name, frame in zip(names, volume.bscans):
             Image.fromarray(frame).save(tmp / name)
         frames = [(name, w, h, label_maps[i], None if shapes is None else shapes[i]) for i, name in enumerate(names)]
-        (tmp / ANNOTATIONS_XML).write_bytes(annotations_xml(frames, list(class_names), folder.name))
-        (tmp / LABELS_JSON).write_text(json.dumps(labels_spec(class_names), indent=1))
+        (tmp / ANNOTATIONS_XML).write_bytes(annotations_xml(frames, list(class_names), folder.name, colours))
+        (tmp / LABELS_JSON).write_text(json.dumps(labels_spec(class_names, colours), indent=1))
         meta = {**volume.meta(), "frames": names, "class_names": list(class_names),
                 "annotation_format": ANNOTATION_FORMAT, **(extra_meta or {})}
         (tmp / VOLUME_JSON).write_text(json.dumps(meta, indent=1, allow_nan=False))
