@@ -135,7 +135,7 @@ def read_e2e(path: Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> Volume:
     try:
         reader = HeE2eReader(path)
         with reader:
-            series = [s for s in reader.series if s.n_bscans > 0 and s.get_bscan_meta()]
+            series = [s for s in reader.series if s.n_bscans > 0 and _optional(s.get_bscan_meta, [])]
             if not series:
                 raise VolumeError(f"{path}: the .e2e file holds no series with B-scans")
             s = series[0]
@@ -144,8 +144,8 @@ def read_e2e(path: Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> Volume:
             check_dimensions(path, s.n_bscans, size_y, size_x, max_pixels)
             raw = s.get_bscans()
             layer_maps = s.get_layers()
-            laterality = s.laterality() if hasattr(s, "laterality") else ""
-            x_scale = s.get_x_scale_derivation().get("scaling_x_um_per_pixel")
+            laterality, x_scale = _optional(s.laterality, ""), _optional(
+                lambda: s.get_x_scale_derivation().get("scaling_x_um_per_pixel"), None)
     except VolumeError:
         raise
     except Exception as exc:  # construct / eyepy raise many types on a malformed file
@@ -177,3 +177,11 @@ def read_e2e(path: Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> Volume:
         sha256=file_sha256(path), positions=positions,
         position_unit="start_x,start_y,end_x,end_y (degrees, y towards inferior)",
         layers=layers, format="heidelberg-e2e", display="eyepy from_e2e_intensity"), rev)
+
+
+def _optional(read, default):
+    """A record the series may lack (eyepy raises KeyError and the like): its default then."""
+    try:
+        return read()
+    except Exception:
+        return default
