@@ -12,8 +12,8 @@ from sam2oct.model.preprocessing import check_mode
 from sam2oct.model.profiles import parse_class_names, resolve_profile
 
 SAM2OCT = Path(__file__).resolve().parents[1] / "sam2oct"
-# Every module below the front doors (the serving/ and cli/ packages, cvat_function.py).
-# sam2oct/pipeline/options.py is the options table: it holds each front door's name of every option.
+# Every module below the front doors (the serving/ and cli/ packages, cvat_function.py), except
+# the options table, whose job is to hold each front door's name for each option.
 LOWER = sorted(str(path.relative_to(SAM2OCT)) for package in ("model", "geometry", "pipeline", "data", "training", "evaluation")
                for path in (SAM2OCT / package).rglob("*.py") if path != SAM2OCT / "pipeline" / "options.py")
 # The fields of the pipeline's options, which `option` names.

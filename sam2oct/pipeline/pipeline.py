@@ -112,6 +112,9 @@ class Pipeline:
                 mark.name = "encode cache hit"
         return encoded
 
+    def encode_batch(self, grays) -> list:
+        return self.predictor.encode_batch(grays)
+
     def encode_file(self, data: bytes) -> EncodedImage:
         """Image file bytes -> features, as ``encode(read_image(data))``. CVAT resends the frame
         with every click: the last few files' grey frames are kept by the file's digest, so a
