@@ -324,18 +324,30 @@ def test_warnings_are_log_records_named_per_front_door(tmp_path, caplog):
     assert records[1].getMessage().startswith("-p profile: the checkpoint has 11 classes")
 
 
+def request_lines(worker):
+    return [line for line in worker.log.lines("debug") if line.startswith("sam2-oct: request: ")]
+
+
 def test_nuclio_logs_each_request_s_stage_timings_at_debug_level(scan):
-    worker = Worker()
     gray = np.asarray(Image.open(scan), dtype=np.float32) / 255
     ys, xs = np.nonzero(reference(gray).label_map > 0)  # a click on a layer
-    body = {"image": b64(encode(Image.open(scan))), "pos_points": [[int(xs[0]), int(ys[0])]], "neg_points": []}
-    replies = [worker.call(body) for _ in range(2)]
+    image = b64(encode(Image.open(scan)))
+
+    interactor = Worker()
+    body = {"image": image, "pos_points": [[int(xs[0]), int(ys[0])]], "neg_points": []}
+    replies = [interactor.call(body) for _ in range(2)]
     assert [status for status, _ in replies] == [200, 200]
-    first, second = [line for line in worker.log.lines("debug") if line.startswith("sam2-oct: request: ")]
-    assert "decode " in first and "encode " in first and "trace " in first
-    assert "encode cache hit" in second and "decode kept" in second and "trace cached" in second
+    first, second = request_lines(interactor)
+    assert "decode " in first and "encode " in first and "cache hit" not in first
+    assert "decode kept" in second and "encode cache hit" in second  # CVAT resends the frame per click
     for line, (_, reply) in zip((first, second), replies):
         assert line.endswith(f"reply {len(json.dumps(reply))} bytes")
+
+    detector = Worker(SAM2OCT_MODE="detector")
+    for _ in range(2):
+        assert detector.call({"image": image}).status == 200
+    first, second = request_lines(detector)
+    assert "trace " in first and "trace cached" in second and "encode cache hit" in second
 
 
 @pytest.mark.docs

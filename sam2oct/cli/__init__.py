@@ -21,6 +21,7 @@ of ``OPTION_NAMES``) and ``main`` says it in the command line's names.
 import argparse
 import sys
 from collections import ChainMap
+from collections.abc import Mapping
 
 from sam2oct.cli import convert, cvat_task, download, evaluate, finetune, segment, thickness
 from sam2oct.cli.flags import OPTION_NAMES
@@ -47,6 +48,26 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class _Names(Mapping):
+    """The command line's names of options: the command's own (``args.option_names``, read at
+    each lookup: a command may set it as it runs), then the flags."""
+
+    def __init__(self, args):
+        self._args = args
+
+    def _chain(self):
+        return ChainMap(getattr(self._args, "option_names", None) or {}, OPTION_NAMES)
+
+    def __getitem__(self, key):
+        return self._chain()[key]
+
+    def __iter__(self):
+        return iter(self._chain())
+
+    def __len__(self):
+        return len(self._chain())
+
+
 def _print_warning(level, message) -> None:
     print(f"warning: {message}", file=sys.stderr)  # sys.stderr as it is now (tests replace it)
 
@@ -55,7 +76,7 @@ def main(argv=None) -> int:
     args = build_parser().parse_args(argv)  # usage errors: one line and exit 2 (_Parser.error)
     # A command may rename an option (args.option_names: the checkpoint from $SAM2_CHECKPOINT, say);
     # errors and the library's warnings then say it in those names.
-    names = ChainMap(vars(args).setdefault("option_names", {}), OPTION_NAMES)
+    names = _Names(args)
     try:
         with option_names(names), forwarded(_print_warning):
             return args.run(args)
