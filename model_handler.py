@@ -86,7 +86,8 @@ class ModelHandler:
             texts = cached.memo.get("json")
             if texts is None:
                 texts = cached.memo["json"] = {id(shape): json.dumps(shape) for shape in cached.shapes}
-        return "[" + ", ".join(texts.get(id(shape)) or json.dumps(shape) for shape in shapes) + "]"
+        return "[" + ", ".join(texts.get(id(getattr(shape, "source", None))) or json.dumps(shape)
+                               for shape in shapes) + "]"
 
     def interact(self, req: cvat_request.InteractorRequest) -> dict:
         result, _ = self._interaction(req)
@@ -147,7 +148,7 @@ class ModelHandler:
             "points": polygons.flatten_points(region.points),
             "mask": masks.to_detector_mask(region.mask, offset=region.offset),
             "confidence": f"{region.score:.3f}",
-        } for region in p.regions(p.encode(gray), req.threshold)]
+        } for region in p.layers(p.encode(gray), req.threshold)]  # one mask per layer
 
     def release_memory(self) -> None:
         """After an out-of-memory fault: drop cached features and the allocator's spare blocks."""

@@ -28,8 +28,10 @@ def run(args) -> int:
     results = []
     for path, overlay in zip(args.images, overlays):
         gray = read_image_file(path, options.max_pixels)
-        prediction = pipeline.predict(pipeline.encode(gray))
-        shapes = pipeline.shapes(prediction.label_map)
+        encoded = pipeline.encode(gray)
+        prediction = pipeline.predict(encoded)
+        label_map = pipeline.label_map(encoded)  # the cleaned map: the overlay shows what the polygons trace
+        shapes = pipeline.frame_shapes(encoded)
         h, w = gray.shape
         results.append({
             "image": str(path), "width": w, "height": h, "profile": pipeline.profile.name,
@@ -38,7 +40,7 @@ def run(args) -> int:
             "shapes": shapes,
         })
         if overlay is not None:
-            write_output("overlay", render_overlay(gray, prediction.label_map, shapes, labels).save, overlay)
+            write_output("overlay", render_overlay(gray, label_map, shapes, labels).save, overlay)
         print(f"{path}: {len(shapes)} polygons, {len({s['label'] for s in shapes})} layers", file=sys.stderr)
     text = json.dumps(results[0] if len(results) == 1 else results)
     if args.json:
