@@ -119,7 +119,6 @@ class Pipeline:
         if gray is None:
             gray = self.read_image(data)
             if gray.nbytes <= _RECENT_FILE_BYTES:
-                gray.flags.writeable = False  # shared by every request that sends this file
                 self.cache.put(digest, gray)
         return self.encode(gray)
 
@@ -297,8 +296,8 @@ class Pipeline:
         confidence = self.predictor.decode(encoded, confidence=True).confidence
         sizes = np.bincount(owner.ravel(), minlength=len(shapes) + 1)
         out = []
-        for k, box in enumerate(ndimage.find_objects(cleaned)):
-            if box is None or k == 0:
+        for k, box in enumerate(ndimage.find_objects(cleaned), 1):  # label k at index k - 1
+            if box is None:
                 continue
             mask = cleaned[box] == k
             score = float(confidence[box][mask].mean())
