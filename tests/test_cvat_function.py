@@ -380,7 +380,7 @@ def test_detector_output_passes_the_sdk_label_mapper(detector, task_type, conv):
                                conv_mask_to_poly=conv)
     ids = [s.label_id for s in shapes]
     tags, remapped = mapper.validate_and_remap(shapes, ds_frame=7)
-    assert not tags and len(remapped) == len(shapes) > 5
+    assert not tags and len(remapped) == len(shapes) > (5 if conv else 2)  # masks: one per layer
     assert [s.label_id for s in remapped] == [100 + k for k in ids]
     assert {s.type.value for s in remapped} == {"polygon" if conv else "mask"}
     assert all(s.frame == 7 and s.source == "auto" for s in remapped)
@@ -394,21 +394,22 @@ def test_mask_task_labels_refuse_conv_mask_to_poly(detector):
         _AnnotationMapper(LOG, detector.spec.labels, task_labels, allow_unmatched_labels=False, conv_mask_to_poly=True)
 
 
-def test_detector_masks_never_overlap_and_tile_as_the_polygons(detector):
+def test_detector_masks_are_the_layers_and_the_polygons_their_regions(detector):
     image = frame()
     masks = detector.detect(context(), image)
     polys = detector.detect(context(conv_mask_to_poly=True), image)
-    assert [s.label_id for s in masks] == [s.label_id for s in polys]
+    p = detector.pipeline
+    cleaned = p.label_map(p.encode(gray(image)))
+    # one mask per layer of the cleaned map, exactly its pixels (the label id is the class channel)
+    assert [s.label_id for s in masks] == [int(k) for k in np.unique(cleaned) if k]
     decoded = [decode_mask(s.points, image_width=W, image_height=H) for s in masks]
-    assert all(m.any() for m in decoded)
-    assert np.sum(decoded, axis=0).max() == 1  # no pixel in two masks
-    owner = rasterize_shapes([{"points": np.reshape(s.points, (-1, 2)).tolist()} for s in polys], (H, W))
-    for i, mask in enumerate(decoded):
-        assert (mask == (owner == i + 1)).all()
-    # each mask is a region of the layer it is labelled with (the label id is the class channel)
-    label_map = detector.pipeline.predict(detector.pipeline.encode(gray(image))).label_map
     for shape, mask in zip(masks, decoded):
-        assert np.bincount(label_map[mask]).argmax() == shape.label_id
+        assert np.array_equal(mask, cleaned == shape.label_id)
+    # one polygon per region piece; together they tile the layers (simplified: up to a few pixels)
+    assert len(polys) > len(masks) and {s.label_id for s in polys} == {s.label_id for s in masks}
+    owner = rasterize_shapes([{"points": np.reshape(s.points, (-1, 2)).tolist()} for s in polys], (H, W))
+    classes = np.array([0] + [s.label_id for s in polys])[owner]
+    assert np.mean(classes == cleaned) > 0.95
 
 
 def test_detector_scores_and_confidence_threshold(detector):
