@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import stat
 import zipfile
+from dataclasses import dataclass
 from pathlib import Path
 
 
@@ -16,6 +17,7 @@ DEFAULT_MAX_TOTAL_BYTES = 8 * 2**30
 DEFAULT_MAX_MEMBERS = 200_000
 READ_CHUNK = 1 << 20
 
+@dataclass
 class Limits:
     member_bytes: int
     total_bytes: int
