@@ -269,7 +269,7 @@ def test_warm_up_runs_once_and_leaves_no_trace(monkeypatch, interactor, synth96)
     p = warm.model.predictor
     assert p.encoder_calls == 0 and len(p.cache) == 0
     assert warm.call({"image": b64(synth96)})[0] == 200
-    assert p.encoder_calls == 1 and len(p.cache) == 2  # the frame's entry and its file's grey frame
+    assert p.encoder_calls == 1 and p.cache.frames == 1 and len(p.cache) == 2  # + the file's grey frame
     # warm and cold workers answer the same
     assert warm.call({"image": b64(synth96)}) == interactor.call({"image": b64(synth96)})
 

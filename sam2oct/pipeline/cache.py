@@ -33,13 +33,15 @@ class FrameCache:
         self.hits = 0
         self.misses = 0
 
-    def get(self, key):
+    def get(self, key, *, count: bool = True):
+        """The item kept under ``key`` (now the most recent), or None. ``count``: whether the
+        lookup counts in ``hits`` and ``misses`` (the frames' features: what an encode costs)."""
         with self._lock:
             entry = self._items.get(key)
             if entry is None:
-                self.misses += 1
+                self.misses += count
                 return None
-            self.hits += 1
+            self.hits += count
             self._items.move_to_end(key)
             return entry[0]
 
@@ -78,6 +80,12 @@ class FrameCache:
 
     def __len__(self):
         return len(self._items)
+
+    @property
+    def frames(self) -> int:
+        """Entries that are encoded frames (the others: grey frames kept by their file's digest)."""
+        with self._lock:
+            return sum(1 for item, _ in self._items.values() if hasattr(item, "features"))
 
 
 @dataclass

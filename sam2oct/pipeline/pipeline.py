@@ -115,7 +115,7 @@ class Pipeline:
         with every click: the last few files' grey frames are kept by the file's digest, so a
         click does not decode the image again (the feature cache then finds its features)."""
         digest = ("file", hashlib.blake2b(data, digest_size=20).digest())
-        gray = self.cache.get(digest)
+        gray = self.cache.get(digest, count=False)
         if gray is None:
             gray = self.read_image(data)
             if gray.nbytes <= _RECENT_FILE_BYTES:
