@@ -285,22 +285,31 @@ class Pipeline:
                               (box[1].start, box[0].start), score))
         return out
 
-    def layers(self, encoded: EncodedImage, threshold: float | None = None) -> list:
+    def layers(self, encoded: EncodedImage, threshold: float | None = None, *,
+               prediction: Prediction | None = None) -> list:
         """One mask per layer of the cleaned label map (all its regions: a CVAT mask may hold
-        several parts), cropped to the layer's box, with its largest region's polygon as ``points``.
+        several parts), cropped to the layer's box, with its largest polygon as ``points``.
 
-        ``threshold`` drops layers whose mean class probability is below it.
+        ``threshold`` drops layers whose mean class probability is below it; ``prediction`` as
+        in :meth:`regions`.
         """
-        results = self._results(encoded, traced=True)
-        cleaned, shapes, owner = results.label_map, results.shapes, results.owner
-        confidence = self.predictor.decode(encoded, confidence=True).confidence
+        if prediction is None:
+            results = self._results(encoded, traced=True)
+            cleaned, shapes, owner = results.label_map, results.shapes, results.owner
+            confidence = self.predictor.decode(encoded, confidence=True).confidence
+        else:
+            cleaned = self.clean(prediction.label_map)
+            (shapes, owner), confidence = self._trace(cleaned), prediction.confidence
+        if threshold is not None and confidence is None:
+            raise ValueError("a score threshold needs the prediction's confidence map: "
+                             "predict(..., confidence=True)")
         sizes = np.bincount(owner.ravel(), minlength=len(shapes) + 1)
         out = []
         for k, box in enumerate(ndimage.find_objects(cleaned), 1):  # label k at index k - 1
             if box is None:
                 continue
             mask = cleaned[box] == k
-            score = float(confidence[box][mask].mean())
+            score = None if confidence is None else float(confidence[box][mask].mean())
             if threshold is not None and score < threshold:
                 continue
             label = self.labels[k]
