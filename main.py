@@ -7,6 +7,7 @@ from model_handler import ModelHandler
 from sam2oct.errors import RequestError, describe
 from sam2oct.pipeline.options import OPTION_ENV
 from sam2oct.serving.settings import Settings
+from sam2oct.serving import replies
 
 try:  # a CUDA out-of-memory error is its own class from torch 2.5 on
     from torch import OutOfMemoryError
@@ -24,8 +25,12 @@ def init_context(context):
         raise
     context.user_data.model = handler
     p = handler.profile
+    settings = handler.settings
     context.logger.info(f"sam2-oct: ready: profile {p.name}, {p.num_classes} classes, "
-                        f"device {handler.predictor.device}, mode {handler.settings.mode}")
+                        f"device {handler.predictor.device}, mode {settings.mode}")
+    if settings.mode == "interactor":  # a format the CVAT in front cannot draw puts masks in the wrong place
+        fmt = replies.FORMATS[settings.options.cvat_ui]
+        context.logger.info(f"sam2-oct: interactor replies in SAM2OCT_CVAT_UI={fmt.name} format, for {fmt.cvat}")
 
 
 def _reply(context, status, obj):

@@ -23,7 +23,7 @@ from cvat_sdk.masks import decode_mask, encode_mask
 from sam2oct.geometry import polygons
 from sam2oct.serving import cvat_request
 from sam2oct.errors import ConfigError, RequestError, Sam2OctError, describe
-from sam2oct.pipeline.options import OPTION_ENV, OPTION_HELP, PipelineOptions
+from sam2oct.pipeline.options import NUCLIO_ONLY, OPTION_ENV, OPTION_HELP, PipelineOptions
 from sam2oct.pipeline.pipeline import Pipeline
 
 try:
@@ -43,10 +43,13 @@ log = logging.getLogger("sam2oct")
 
 KINDS = ("detector", "interactor", "tracker")
 CHECKPOINT_ENV = OPTION_ENV["checkpoint"]
+# The options cvat-cli can set: all but the Nuclio function's own (its reply format: for cvat-cli
+# functions cvat-sdk writes the reply).
+_OPTIONS = tuple(name for name in PipelineOptions.names() if name not in NUCLIO_ONLY)
 # -p name -> one line of help; the README's table and the refusal of unknown names use these.
 PARAMETERS = {"kind": f"{', '.join(KINDS)} (default detector): what the function does",
-              **{name: OPTION_HELP[name] for name in PipelineOptions.names()}}
-PARAMETER_NAMES = {name: f"-p {name}" for name in PipelineOptions.names()}  # errors.describe's names
+              **{name: OPTION_HELP[name] for name in _OPTIONS}}
+PARAMETER_NAMES = {name: f"-p {name}" for name in _OPTIONS}  # errors.describe's names
 _DEFAULTS = {f.name: f.default for f in fields(PipelineOptions) if f.default is not MISSING}
 
 

@@ -195,10 +195,15 @@ def _is_int(v):
 
 
 def check_interactor(reply: Reply, width, height, labels=NR206_NAMES):
-    """Stock CVAT's interactor fields (and the fork's shapes) are well-formed and consistent."""
+    """The interactor's reply is well-formed and consistent: CVAT 2.60+'s mask shapes (the default
+    format), or stock CVAT's legacy fields (and the fork's polygon shapes)."""
     assert reply.status == 200, reply
     obj = reply.json
     assert isinstance(obj, dict)
+    assert set(obj["labels"]) <= set(labels[1:])
+    if "mask" not in obj:
+        _check_mask_shapes(obj, width, height)
+        return
     mask, bounds = obj["mask"], obj["bounds"]
     assert isinstance(bounds, list) and len(bounds) == 4 and all(map(_is_int, bounds)), bounds
     xtl, ytl, xbr, ybr = bounds
@@ -215,12 +220,29 @@ def check_interactor(reply: Reply, width, height, labels=NR206_NAMES):
     assert isinstance(pts, list) and len(pts) >= 3
     for x, y in pts:
         assert 0 <= x <= width and 0 <= y <= height, (x, y)
-    for shape in obj["shapes"]:
+    for shape in obj.get("shapes", []):
         assert shape["type"] == "polygon" and shape["label"] in labels[1:]
         assert len(shape["points"]) >= 3
         for x, y in shape["points"]:
             assert 0 <= x <= width and 0 <= y <= height
-    assert set(obj["labels"]) <= set(labels[1:])
+
+
+def _check_mask_shapes(obj, width, height):
+    """CVAT 2.60+'s interactor reply: mask shapes (run lengths over a tight box), or none and why."""
+    shapes = obj["shapes"]
+    assert isinstance(shapes, list) and len(shapes) <= 1
+    if not shapes:
+        assert obj["reason"] and not obj["labels"], obj
+    for shape in shapes:
+        assert set(shape) == {"type", "points", "attributes", "group", "occluded", "rotation", "source"}
+        assert shape["type"] == "mask" and shape["source"] == "semi-auto"
+        (conf,) = shape["attributes"]
+        assert conf["spec_id"] == 0 and 0 <= float(conf["value"]) <= 1
+        *runs, x1, y1, x2, y2 = shape["points"]
+        assert all(map(_is_int, shape["points"]))
+        assert 0 <= x1 <= x2 < width and 0 <= y1 <= y2 < height
+        assert len(runs) >= 2 and runs[1] > 0 and min(runs) >= 0 and min(runs[1:]) > 0
+        assert sum(runs) == (x2 - x1 + 1) * (y2 - y1 + 1)
 
 
 def check_detector(reply: Reply, width, height, labels=NR206_NAMES):

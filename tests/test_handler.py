@@ -1,5 +1,6 @@
 """The Nuclio function end to end (main.handler through nuclio_sdk's test Platform) with the tiny
-K=9 checkpoint: init, body forms, the stock-CVAT and CVAT-OCT interactor replies, the detector
+K=9 checkpoint: init, body forms, the interactor replies (CVAT 2.60+ by default, legacy and
+CVAT-OCT where they differ), the detector
 list, prompts on a prompted profile, errors and recovery.
 
 Ground truth is the model's own label map, read from the worker's predictor directly; every
@@ -22,6 +23,7 @@ from scipy import ndimage
 import model_handler
 import sam2oct.model.predictor
 from conftest import ROOT, TINY_CKPT
+from cvat_ui_rules import current_ui_draws
 from harness import Worker, b64, encode, wire
 from sam2oct.geometry.polygons import label_map_to_shapes, rasterize_shapes
 from sam2oct.geometry.merge import clean_label_map
@@ -62,9 +64,15 @@ def interactor():
 
 
 @pytest.fixture(scope="module")
+def fork():
+    # the CVAT-OCT fork's replies: stock CVAT's legacy fields plus every layer's polygons
+    return Worker(SAM2OCT_CVAT_UI="cvat-oct")
+
+
+@pytest.fixture(scope="module")
 def exact():
     # no simplification, no merging: polygons reproduce the label map pixel for pixel
-    return Worker(SAM2OCT_SIMPLIFY="0", SAM2OCT_MIN_AREA="0")
+    return Worker(SAM2OCT_SIMPLIFY="0", SAM2OCT_MIN_AREA="0", SAM2OCT_CVAT_UI="cvat-oct")
 
 
 @pytest.fixture(scope="module")
@@ -129,8 +137,13 @@ def expected_selection(lm, clicks):
 
 
 def stock_mask(reply, shape):
-    """Checks the fields stock CVAT reads (mask, bounds, points); returns the full-frame mask."""
+    """The full-frame mask CVAT draws for a reply: CVAT 2.60+'s rule for the default format (one mask
+    shape, confidence filter off: the tiny model is unsure), or the legacy fields (mask, bounds,
+    points), checked."""
     H, W = shape
+    if "mask" not in reply:
+        (drawn,) = current_ui_draws(reply, H, W, threshold=0)
+        return drawn
     mask, bounds = reply["mask"], reply["bounds"]
     assert isinstance(mask, list) and mask and all(isinstance(row, list) and row for row in mask)
     assert all(type(v) is int for row in mask for v in row)
@@ -394,17 +407,22 @@ def test_negative_click_removes_the_region_under_it(interactor, synth96):
     assert reply["ignored_clicks"] == [lost]
 
 
-def test_everything_removed_is_422(interactor, synth96):
+def test_everything_removed_answers_no_shape_or_422(interactor, fork, synth96):
     lm = truth(interactor, synth96)
     click = click_in(lm, 2)
-    status, reply = interactor.call({"image": b64(synth96), "pos_points": [click], "neg_points": [click]})
-    # the reason names what removed the layer, not background
+    body = {"image": b64(synth96), "pos_points": [click], "neg_points": [click]}
+    # CVAT 2.60+ takes no shapes ("No shapes to display"); the reason names what removed the layer
+    status, reply = interactor.call(body)
+    assert status == 200 and reply["shapes"] == [] and reply["labels"] == []
+    assert "negative click" in reply["reason"] and "background" not in reply["reason"]
+    # older UIs need a mask: 422, with the same reason
+    status, reply = fork.call(body)
     assert status == 422 and "negative click" in reply["error"] and "background" not in reply["error"]
 
 
-def test_clicks_on_background_only_are_422(synth96):
+def test_clicks_on_background_only_are_422_for_legacy_cvat(synth96):
     # the tiny model leaves background only next to layers, in specks the min-area merge removes
-    unsnapped = Worker(SAM2OCT_SNAP_PX="0", SAM2OCT_MIN_AREA="0")
+    unsnapped = Worker(SAM2OCT_SNAP_PX="0", SAM2OCT_MIN_AREA="0", SAM2OCT_CVAT_UI="legacy")
     lm = truth(unsnapped, synth96)
     background = np.argwhere(lm == 0)
     assert len(background) >= 2, "fixture frame needs background pixels"
@@ -432,7 +450,7 @@ def test_click_just_off_a_layer_picks_the_nearest_layer(exact, synth96):
 
 
 @pytest.mark.parametrize("form", ["pairs", "reversed", "crossed", "flat"])
-def test_box_limits_the_result(interactor, synth96, form):
+def test_box_limits_the_result(interactor, fork, synth96, form):
     lm = truth(interactor, synth96)
     x1, y1, x2, y2 = 20.25, 15.75, 75.25, 45.75
     box = {"pairs": [[x1, y1], [x2, y2]], "reversed": [[x2, y2], [x1, y1]],
@@ -451,7 +469,9 @@ def test_box_limits_the_result(interactor, synth96, form):
     mask = stock_mask(reply, lm.shape)
     assert not (mask & ~inside).any()
     assert np.array_equal(mask, expected_selection(boxed, [click]))
-    # the shapes are cut to the box too
+    # the fork's shapes are cut to the box too
+    status, reply = fork.call({"image": b64(synth96), "pos_points": [click], "obj_bbox": box})
+    assert status == 200 and np.array_equal(stock_mask(reply, lm.shape), mask)
     count, _ = centre_owners(reply["shapes"], lm.shape)
     assert count[~inside].sum() <= 0.02 * lm.size
 
@@ -465,10 +485,12 @@ def test_absent_none_and_empty_box_mean_no_box(interactor, synth96):
     assert np.array_equal(stock_mask(replies[0][1], lm.shape), expected_selection(lm, [click]))
 
 
-def test_click_outside_the_box_is_ignored(interactor, synth96):
-    lm = truth(interactor, synth96)
-    status, reply = interactor.call({"image": b64(synth96), "pos_points": [[5.5, 5.5]],
-                                     "obj_bbox": [[50, 30], [75, 50]]})
+def test_click_outside_the_box_is_ignored(interactor, fork, synth96):
+    body = {"image": b64(synth96), "pos_points": [[5.5, 5.5]], "obj_bbox": [[50, 30], [75, 50]]}
+    status, reply = interactor.call(body)
+    assert status == 200 and reply["shapes"] == []
+    assert "outside the box" in reply["reason"] and "background" not in reply["reason"]
+    status, reply = fork.call(body)
     assert status == 422 and "outside the box" in reply["error"] and "background" not in reply["error"]
 
 
@@ -531,9 +553,9 @@ def test_threshold_is_reported_ignored(interactor, synth96):
 
 # --- interactor: shapes for the CVAT-OCT fork ---------------------------------------------------
 
-def test_shapes_carry_profile_names_and_tile(interactor, synth192):
-    lm = truth(interactor, synth192)
-    status, reply = interactor.call({"image": b64(synth192), "pos_points": [click_in(lm, 2)]})
+def test_shapes_carry_profile_names_and_tile(fork, synth192):
+    lm = truth(fork, synth192)
+    status, reply = fork.call({"image": b64(synth192), "pos_points": [click_in(lm, 2)]})
     assert status == 200
     shapes = reply["shapes"]
     assert shapes and all(s["type"] == "polygon" for s in shapes)
@@ -568,7 +590,7 @@ def test_shapes_follow_box_and_negative_clicks(exact, synth96):
 
 
 def test_index_label_style(synth96):
-    h = Worker(SAM2OCT_LABEL_STYLE="index")
+    h = Worker(SAM2OCT_LABEL_STYLE="index", SAM2OCT_CVAT_UI="cvat-oct")
     lm = truth(h, synth96)
     status, reply = h.call({"image": b64(synth96), "pos_points": [click_in(lm, 3), click_in(lm, 2)]})
     assert status == 200
@@ -588,11 +610,11 @@ def spectralis_full():
     return SPECTRALIS.read_bytes()
 
 
-def test_full_size_interactor_reply(interactor, spectralis_full):
-    lm = truth(interactor, spectralis_full)
+def test_full_size_interactor_reply(fork, spectralis_full):
+    lm = truth(fork, spectralis_full)
     assert lm.shape == (496, 768)
     clicks = [click_in(lm, 2), click_in(lm, 7)]
-    status, reply = interactor.call({"image": b64(spectralis_full), "pos_points": clicks, "neg_points": [],
+    status, reply = fork.call({"image": b64(spectralis_full), "pos_points": clicks, "neg_points": [],
                                      "obj_bbox": None})
     assert status == 200
     assert np.array_equal(stock_mask(reply, lm.shape), expected_selection(lm, clicks))
@@ -791,7 +813,8 @@ def test_prompted_profile_without_prompts(prompted, monkeypatch, synth96):
     calls, _ = spy_decode(monkeypatch, prompted)
     status, reply = prompted.call({"image": b64(synth96)})
     (kwargs, result), = calls
-    assert kwargs == {"points": None, "labels": None, "box": None, "dense_labels": None, "confidence": False}
+    # the confidence: the reply's mask shape carries it (CVAT 2.60+ filters on it)
+    assert kwargs == {"points": None, "labels": None, "box": None, "dense_labels": None, "confidence": True}
     assert status == 200 and reply["prompts"] == "model" and "brush" not in reply
     assert np.array_equal(stock_mask(reply, result.label_map.shape), cleaned(prompted, result.label_map) != 0)
 

@@ -1,10 +1,12 @@
-"""Command line: segment B-scans, score and fine-tune a checkpoint, download or slim one.
+"""Command line: segment B-scans, score and fine-tune a checkpoint, download or slim one, measure thickness.
 
     python -m sam2oct download nr206                      # once: models/nr206/...
-    python -m sam2oct segment IMAGE... --json out.json --overlay out.png
+    python -m sam2oct segment IMAGE|VOLUME... --json out.json --overlay out.png [--labels L.npz]
+    python -m sam2oct cvat-task VOLUME... --out DIR [--server-host HOST --project-id N]
     python -m sam2oct evaluate DATA --checkpoint CK [--preprocess both] --json REPORT
     python -m sam2oct convert IN OUT
     python -m sam2oct finetune DATA --checkpoint BASE --out OUT.pt [--val DATA2 | --val-fraction F]
+    python -m sam2oct thickness LABELS.npz|EXPORT|VOLUME --json R.json --csv S.csv --maps DIR
 
 A thin front door over sam2oct.pipeline: flags become ``PipelineOptions`` (their defaults and
 help come from there), and every user error is found before the model loads and said in one
@@ -19,11 +21,11 @@ of ``OPTION_NAMES``) and ``main`` says it in the command line's names.
 import argparse
 import sys
 
-from sam2oct.cli import convert, download, evaluate, finetune, segment
+from sam2oct.cli import convert, cvat_task, download, evaluate, finetune, segment, thickness
 from sam2oct.cli.flags import OPTION_NAMES
 from sam2oct.errors import Sam2OctError, describe
 
-COMMANDS = (segment, download, convert, evaluate, finetune)
+COMMANDS = (segment, cvat_task, download, convert, evaluate, finetune, thickness)
 
 
 class _Parser(argparse.ArgumentParser):

@@ -152,6 +152,28 @@ class SemanticPredictor:
             self.cache.put(key, encoded)
         return encoded
 
+    def encode_batch(self, grays) -> list:
+        """Several grey frames -> their features, in one encoder pass for those not cached.
+        Each frame's features are copied out of the batch, so one kept frame holds only its own."""
+        keys = [image_digest(g, self.preprocess) for g in grays]
+        with self._lock:
+            out = [self.cache.get(k) for k in keys]
+            todo = [i for i, e in enumerate(out) if e is None]
+            if not todo:
+                return out
+            geos = [FrameGeometry.for_image(*grays[i].shape, size=self.model.image_size, mode=self.preprocess)
+                    for i in todo]
+            with torch.inference_mode(), self._autocast():
+                x = torch.cat([model_input(grays[i], g) for i, g in zip(todo, geos)]).to(self.device)
+                self.encoder_calls += 1
+                batch = self.model.encode_image(x)
+            for j, (i, geo) in enumerate(zip(todo, geos)):
+                features = ImageFeatures(image_embed=batch.image_embed[j:j + 1].clone(),
+                                         high_res_feats=[f[j:j + 1].clone() for f in batch.high_res_feats])
+                out[i] = EncodedImage(keys[i], geo, features)
+                self.cache.put(keys[i], out[i])
+        return out
+
     def decode(self, encoded: EncodedImage, points=None, labels=None, box=None, dense_labels=None, *,
                confidence: bool = False, logits: bool = False) -> Prediction:
         """Prompts in image pixels -> the label map at the image size and per-class IoU estimates.

@@ -110,6 +110,9 @@ class Pipeline:
     def encode(self, gray: np.ndarray) -> EncodedImage:
         return self.predictor.encode(gray)
 
+    def encode_batch(self, grays) -> list:
+        return self.predictor.encode_batch(grays)
+
     def encode_file(self, data: bytes) -> EncodedImage:
         """Image file bytes -> features, as ``encode(read_image(data))``. CVAT resends the frame
         with every click: the last few files' grey frames are kept by the file's digest, so a
