@@ -63,16 +63,18 @@ class ModelHandler:
                                   lambda shapes: self._shapes_json(shapes, self.pipeline.cached_shapes(encoded)))
 
     def _shapes_json(self, shapes, cached) -> str:
-        """JSON of the fork's polygons. A frame's traced shapes are the same objects on every click
+        """JSON of the fork's polygons. A frame's traced shapes are the same on every click
         (serialising thousands of them was most of a warm click's time), so their texts are kept
-        with them in the pipeline's frame cache and leave with them; other shapes (traced for a
-        box, say) are serialised as they come."""
+        with them in the pipeline's frame cache and leave with them. A reply holds copies of them
+        (``source``: the cached shape); other shapes (traced for a box, say) are serialised as
+        they come."""
         texts = {}
         if cached is not None:
             texts = cached.memo.get("json")
             if texts is None:
                 texts = cached.memo["json"] = {id(shape): json.dumps(shape) for shape in cached.shapes}
-        return "[" + ", ".join(texts.get(id(shape)) or json.dumps(shape) for shape in shapes) + "]"
+        return "[" + ", ".join(texts.get(id(getattr(shape, "source", None))) or json.dumps(shape)
+                               for shape in shapes) + "]"
 
     def interact(self, req: cvat_request.InteractorRequest) -> dict:
         """The reply to an interactor request, in the format CVAT_UI names, as plain JSON objects."""
@@ -117,7 +119,7 @@ class ModelHandler:
             "points": polygons.flatten_points(region.points),
             "mask": masks.to_detector_mask(region.mask, offset=region.offset),
             "confidence": f"{region.score:.3f}",
-        } for region in p.regions(p.encode(gray), req.threshold)]
+        } for region in p.layers(p.encode(gray), req.threshold)]  # one mask per layer
 
     def release_memory(self) -> None:
         """After an out-of-memory fault: drop cached features and the allocator's spare blocks."""

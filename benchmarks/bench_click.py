@@ -9,7 +9,7 @@ and the reply. Two label maps:
 
 - noisy: the random-weight model's own map (thousands of regions: the worst case);
 - smooth: the synthetic ground truth of the same B-scan (tests/data/bscan_768x496_s1_labels.png),
-  put in place of the model's map by replacing Pipeline.predict on the worker's pipeline.
+  put in place of the model's map by replacing the worker's predictor's decode.
 
 Each request is one positive click (CVAT's JSON body as bytes, base64 PNG), at a different layer
 pixel each time, answered in each reply format (SAM2OCT_CVAT_UI: current, legacy, cvat-oct; the
@@ -161,7 +161,7 @@ def main_(argv=None):
     gray = p.read_image(data)
     encoded = p.encode(gray)
     noisy_map = p.predict(encoded).label_map
-    n_regions = len(p.frame_shapes(encoded, p.predict(encoded)))
+    n_regions = len(p.frame_shapes(encoded))
     print(f"first click (encode): {cold * 1000:.0f} ms, status {response.status_code}; "
           f"noisy map: {n_regions} polygons")
 
@@ -176,8 +176,9 @@ def main_(argv=None):
         if case == "smooth":
             smooth = Prediction(low_res_logits=torch.zeros(0), ious=np.ones(9, dtype=np.float32), label_map=smooth_map,
                                 confidence=np.ones(smooth_map.shape, dtype=np.float32))
-            original = type(p).predict.__get__(p)
-            p.predict = lambda enc, **kw: smooth if enc.key == encoded.key else original(enc, **kw)
+            # the pipeline reads a frame's map from its predictor: swap it there
+            original = p.predictor.decode
+            p.predictor.decode = lambda enc, *a, **kw: smooth if enc.key == encoded.key else original(enc, *a, **kw)
             p.release_memory()  # shapes are cached per frame: trace the smooth map's
             worker.call(click_body(image_b64, *points[-1]))  # re-encode once: not timed
         for fmt in formats:
@@ -213,12 +214,12 @@ def main_(argv=None):
     columns = [(case, fmt) for case in ("noisy", "smooth") for fmt in ("current", "cvat-oct")]
     breakdown = {}
     for case, fmt in columns:
-        if case == "noisy" and "predict" in vars(p):
-            del p.predict
+        if case == "noisy" and "decode" in vars(p.predictor):
+            del p.predictor.decode
             p.release_memory()
             worker.call(click_body(image_b64, *points[-1]))  # re-trace the noisy map: not timed
-        elif case == "smooth" and "predict" not in vars(p):
-            p.predict = lambda enc, **kw: smooth if enc.key == encoded.key else original(enc, **kw)
+        elif case == "smooth" and "decode" not in vars(p.predictor):
+            p.predictor.decode = lambda enc, *a, **kw: smooth if enc.key == encoded.key else original(enc, *a, **kw)
             p.release_memory()
             worker.call(click_body(image_b64, *points[-1]))
         set_format(worker, fmt)

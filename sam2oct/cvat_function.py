@@ -186,7 +186,8 @@ def shape_mask(shape_type: str, points, height: int, width: int) -> np.ndarray:
 # --- detector -------------------------------------------------------------------------------
 
 class Detector(_Function):
-    """Every connected region of every layer, as a mask (or a polygon with --conv-mask-to-poly)."""
+    """The cleaned label map: one mask per layer per frame (a CVAT mask may hold several parts),
+    or with --conv-mask-to-poly one polygon per layer region."""
 
     def __init__(self, options: PipelineOptions):
         super().__init__(options)
@@ -197,11 +198,16 @@ class Detector(_Function):
     def detect(self, context, image) -> list:
         p = self.pipeline
         gray = read_frame(p, image, context.frame_name)
-        return self.annotations(p.regions(p.encode(gray), context.conf_threshold), context.conv_mask_to_poly)
+        encoded = p.encode(gray)
+        # cvat-sdk tells whether the shapes become polygons (the driver then refuses masks)
+        if context.conv_mask_to_poly:
+            return self.annotations(p.regions(encoded, context.conf_threshold), True)
+        return self.annotations(p.layers(encoded, context.conf_threshold))
 
     @staticmethod
     def annotations(regions, conv_mask_to_poly: bool = False) -> list:
-        """Pipeline regions as cvat-sdk shapes: label id = class channel, score = mean class probability."""
+        """Pipeline regions (or layers) as cvat-sdk shapes: label id = class channel, score = mean
+        class probability; masks are the pixels of the cleaned label map exactly."""
         if conv_mask_to_poly:
             return [cvataa.polygon(r.class_index, polygons.flatten_points(r.points), score=r.score)
                     for r in regions]
@@ -262,7 +268,7 @@ class Tracker(_FrameFunction):
         mask = shape_mask(shape.type, shape.points, h, w)
         if not mask.any():
             raise RequestRefused(f"the {shape.type} shape covers no pixel of the {w}x{h} frame")
-        label_map = p.predict(p.encode(pp_image.gray)).label_map
+        label_map = p.label_map(p.encode(pp_image.gray))
         counts = np.bincount(label_map[mask], minlength=p.num_classes)
         counts[0] = 0  # background is not a layer to follow
         if not counts.any():

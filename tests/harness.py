@@ -126,16 +126,15 @@ class Worker:
 def cache_mb_for(entries: int, frame: bytes, *, detector=False) -> str:
     """SAM2OCT_CACHE_MB that holds exactly ``entries`` frames the size of ``frame``.
 
-    The cache is bounded in bytes; a frame's entry is its features plus the memoised unprompted
-    prediction (with the detector's confidence map when ``detector``), the same for every frame
-    of one size. Half an entry of slack keeps the bound between ``entries`` and ``entries + 1``.
+    The cache is bounded in bytes; a frame's entry is its features, the memoised unprompted
+    prediction (with the detector's confidence map when ``detector``) and the frame's results
+    (cleaned label map, shapes), plus the grey frame kept by its file's digest: about the same for
+    every frame of one size. Half an entry of slack keeps the bound between ``entries`` and
+    ``entries + 1``.
     """
-    from sam2oct.geometry.images import read_image
-
-    predictor = Worker().model.predictor
-    encoded = predictor.encode(read_image(frame))
-    predictor.decode(encoded, confidence=detector)
-    return repr((entries + 0.5) * encoded.nbytes / (1 << 20))
+    worker = Worker(SAM2OCT_MODE="detector") if detector else Worker()
+    assert worker.call({"image": b64(frame)}).status == 200
+    return repr((entries + 0.5) * worker.model.predictor.cache.nbytes / (1 << 20))
 
 
 def start_failure(**env) -> tuple[BaseException, RecordingLogger]:

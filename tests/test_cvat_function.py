@@ -51,6 +51,8 @@ from sam2oct.model.profiles import PROFILES
 
 MODULE = "sam2oct.cvat_function"
 TINY = (f"checkpoint=str:{TINY_CKPT}", f"config=str:{TINY_CONFIG}", "min_area=int:100")
+# The tracker keeps a few background spots of the fixture map (min area 16): the refusal tests need them.
+TRACKER = (f"checkpoint=str:{TINY_CKPT}", f"config=str:{TINY_CONFIG}", "min_area=int:16", "kind=str:tracker")
 README = ROOT / "README.md"
 
 
@@ -149,7 +151,7 @@ def layer_regions(function, image, prediction=None):
 
 def background_pixel(function, image):
     """(row, col) of the first pixel the model calls background."""
-    lm = function.pipeline.predict(function.pipeline.encode(gray(image))).label_map
+    lm = function.pipeline.label_map(function.pipeline.encode(gray(image)))  # the cleaned map
     rows, cols = np.nonzero(lm == 0)
     assert rows.size, "the fixture model sees no background on this frame"
     return int(rows[0]), int(cols[0]), lm
@@ -185,7 +187,7 @@ def interactor():
 
 @pytest.fixture(scope="module")
 def tracker():
-    yield from module_function(*TINY, "kind=str:tracker")
+    yield from module_function(*TRACKER)
 
 
 @pytest.fixture(scope="session")
@@ -388,7 +390,7 @@ def test_detector_output_passes_the_sdk_label_mapper(detector, task_type, conv):
                                conv_mask_to_poly=conv)
     ids = [s.label_id for s in shapes]
     tags, remapped = mapper.validate_and_remap(shapes, ds_frame=7)
-    assert not tags and len(remapped) == len(shapes) > 5
+    assert not tags and len(remapped) == len(shapes) > (5 if conv else 2)  # masks: one per layer
     assert [s.label_id for s in remapped] == [100 + k for k in ids]
     assert {s.type.value for s in remapped} == {"polygon" if conv else "mask"}
     assert all(s.frame == 7 and s.source == "auto" for s in remapped)
@@ -402,21 +404,22 @@ def test_mask_task_labels_refuse_conv_mask_to_poly(detector):
         _AnnotationMapper(LOG, detector.spec.labels, task_labels, allow_unmatched_labels=False, conv_mask_to_poly=True)
 
 
-def test_detector_masks_never_overlap_and_tile_as_the_polygons(detector):
+def test_detector_masks_are_the_layers_and_the_polygons_their_regions(detector):
     image = frame()
     masks = detector.detect(context(), image)
     polys = detector.detect(context(conv_mask_to_poly=True), image)
-    assert [s.label_id for s in masks] == [s.label_id for s in polys]
+    p = detector.pipeline
+    cleaned = p.label_map(p.encode(gray(image)))
+    # one mask per layer of the cleaned map, exactly its pixels (the label id is the class channel)
+    assert [s.label_id for s in masks] == [int(k) for k in np.unique(cleaned) if k]
     decoded = [decode_mask(s.points, image_width=W, image_height=H) for s in masks]
-    assert all(m.any() for m in decoded)
-    assert np.sum(decoded, axis=0).max() == 1  # no pixel in two masks
-    owner = rasterize_shapes([{"points": np.reshape(s.points, (-1, 2)).tolist()} for s in polys], (H, W))
-    for i, mask in enumerate(decoded):
-        assert (mask == (owner == i + 1)).all()
-    # each mask is a region of the layer it is labelled with (the label id is the class channel)
-    label_map = detector.pipeline.predict(detector.pipeline.encode(gray(image))).label_map
     for shape, mask in zip(masks, decoded):
-        assert np.bincount(label_map[mask]).argmax() == shape.label_id
+        assert np.array_equal(mask, cleaned == shape.label_id)
+    # one polygon per region piece; together they tile the layers (simplified: up to a few pixels)
+    assert len(polys) > len(masks) and {s.label_id for s in polys} == {s.label_id for s in masks}
+    owner = rasterize_shapes([{"points": np.reshape(s.points, (-1, 2)).tolist()} for s in polys], (H, W))
+    classes = np.array([0] + [s.label_id for s in polys])[owner]
+    assert np.mean(classes == cleaned) > 0.95
 
 
 def test_detector_scores_and_confidence_threshold(detector):
@@ -531,8 +534,9 @@ def test_click_picks_the_layer_region_through_the_agent(interactor):
     assert shape.type == "mask"
     mask = decode_mask(shape.points, image_width=W, image_height=H)
     prediction = p.predict(p.encode(gray(image)), confidence=True)
-    assert prediction.label_map[50, 60] != 0
-    assert (mask == component(prediction.label_map, 50, 60)).all()
+    cleaned = p.label_map(p.encode(gray(image)))  # clicks select from the cleaned map
+    assert cleaned[50, 60] != 0
+    assert (mask == component(cleaned, 50, 60)).all()
     (confidence,) = shape.attributes
     assert confidence.spec_id == cvataa.InteractionResultAttributes.CONFIDENCE
     assert isinstance(confidence.value, str)
@@ -544,7 +548,7 @@ def test_negative_click_and_box(interactor):
     image = frame()
     pp = interactor.preprocess_image(interaction._InteractionFunctionContextImpl(), image)
     ctx = interaction._InteractionFunctionContextImpl()
-    label_map = p.predict(p.encode(gray(image))).label_map
+    label_map = p.label_map(p.encode(gray(image)))
     # a negative click on the clicked region removes it: nothing left to answer
     assert interactor.detect(ctx, pp, prompts(pos=[(60.5, 50.5)], neg=[(60.5, 50.5)])) == []
     # the box limits the answer to the pixels whose centre it holds
@@ -566,12 +570,12 @@ def test_negative_click_and_box(interactor):
 def test_click_on_background_answers_nothing_and_near_a_layer_snaps():
     image = Image.fromarray(FULL)  # the tiny model sees background in a few small spots here
     ctx = interaction._InteractionFunctionContextImpl()
-    exact = load(*TINY, "kind=str:interactor", "snap_px=float:0")
+    exact = load(*TINY, "kind=str:interactor", "snap_px=float:0", "min_area=int:0")  # keep the specks
     row, col, label_map = background_pixel(exact, image)
     click = (col + 0.5, row + 0.5)
     assert exact.detect(ctx, exact.preprocess_image(ctx, image), prompts(pos=[click])) == []
 
-    snapping = load(*TINY, "kind=str:interactor")  # snap_px 3 by default
+    snapping = load(*TINY, "kind=str:interactor", "min_area=int:0")  # snap_px 3 by default
     (shape,) = snapping.detect(ctx, snapping.preprocess_image(ctx, image), prompts(pos=[click]))
     mask = decode_mask(shape.points, image_width=FULL.shape[1], image_height=FULL.shape[0])
     # the region of one of the nearest layer pixels (within 3 pixels)
@@ -594,7 +598,8 @@ def test_prompted_profile_gives_clicks_and_box_to_the_model(k11_checkpoint):
     encoded = p.encode(pp.gray)
     prompted = p.predict(encoded, points=np.array([click]), point_labels=np.array([1.0]),
                          box=np.array([20.0, 10.0, 140.0, 100.0])).label_map
-    assert (prompted != p.predict(encoded).label_map).any()  # the prompts change the model's answer
+    assert (prompted != p.predict(encoded).label_map).any()
+    prompted = p.clean(prompted)  # clicks select from the cleaned map  # the prompts change the model's answer
     limited = np.zeros_like(prompted)
     limited[10:100, 20:140] = prompted[10:100, 20:140]
     assert limited[50, 60] != 0
@@ -626,9 +631,9 @@ def test_track_a_layer_over_several_bscans(tracker):
     frames = [frame(shift) for shift in (0, 2, 4, 6)]
     # a region of a layer that is not the frame's biggest, as a mask and as a polygon; and a
     # polygon over the whole frame, which follows the layer most of the frame shows
-    k, mask, shapes = start_shapes(tracker, frames[0], lambda k, m: k == 3 and m.sum() > 1000)
+    k, mask, shapes = start_shapes(tracker, frames[0], lambda k, m: k == 3 and m.sum() > 300)
     shapes.append(cvataa.TrackableShape(type="polygon", points=[0, 0, W, 0, W, H, 0, H]))
-    label_map = tracker.pipeline.predict(tracker.pipeline.encode(gray(frames[0]))).label_map
+    label_map = tracker.pipeline.label_map(tracker.pipeline.encode(gray(frames[0])))
     most = int(np.argmax(np.bincount(label_map.ravel(), minlength=9)[1:])) + 1
     ids = tracking._worker_job_init_tracking(1, frames[0], shapes)
     assert [s.class_index for s in states_of(ids)] == [k, k, most]
@@ -639,16 +644,23 @@ def test_track_a_layer_over_several_bscans(tracker):
         assert [a.type for a in answers] == ["mask", "polygon", "polygon"]
         got = [decode_mask(answers[0].points, image_width=W, image_height=H),
                polygon_mask(answers[1].points), polygon_mask(answers[2].points)]
-        assert (got[0] == got[1]).all()  # a mask and a polygon of one region follow the same region
         regions = layer_regions(tracker, image)
+        chosen = []
         for i in range(3):
             # the region of the layer on this frame that overlaps the previous position most
             candidates = [m for c, m, _ in regions if c == classes[i]]
             overlaps = [np.count_nonzero(m & previous[i]) for m in candidates]
             assert max(overlaps) > 0
-            assert (got[i] == candidates[int(np.argmax(overlaps))]).all()
+            best = candidates[int(np.argmax(overlaps))]
+            chosen.append(best)
+            if i == 0:  # a mask is the region's pixels exactly
+                assert (got[i] == best).all()
+            else:  # a polygon is its simplified outline (1 px)
+                assert np.count_nonzero(got[i] & best) / np.count_nonzero(got[i] | best) > 0.8
             contested += np.count_nonzero(overlaps) > 1
-        previous = got
+        # a mask and a polygon of one region follow the same region
+        assert (chosen[0] == chosen[1]).all()
+        previous = chosen
     assert contested  # some step had several regions to choose from
 
 
@@ -766,7 +778,7 @@ def test_functions_pickle_without_the_model_before_and_after_use(kind):
 def test_tracking_state_pickles(tracker):
     ctx = tracking._TrackingFunctionContextImpl()
     start, after = frame(), frame(shift=2)
-    _, _, shapes = start_shapes(tracker, start, lambda k, m: k == 3 and m.sum() > 1000)
+    _, _, shapes = start_shapes(tracker, start, lambda k, m: k == 3 and m.sum() > 300)
     state = tracker.init_tracking_state(shape_context("polygon"), tracker.preprocess_image(ctx, start), shapes[1])
     copy = pickle.loads(pickle.dumps(state))
     assert copy == state
@@ -780,14 +792,14 @@ def test_agent_worker_process(tracker):
     a pickled function and state sent into it, and a refusal coming back out of it."""
     ctx = tracking._TrackingFunctionContextImpl()
     start, after = frame(), frame(shift=2)
-    _, _, shapes = start_shapes(tracker, start, lambda k, m: k == 3 and m.sum() > 1000)
+    _, _, shapes = start_shapes(tracker, start, lambda k, m: k == 3 and m.sum() > 300)
     state = tracker.init_tracking_state(shape_context("mask"), tracker.preprocess_image(ctx, start), shapes[0])
     expected = tracker.track(shape_context("mask"), tracker.preprocess_image(ctx, after), pickle.loads(pickle.dumps(state)))
     as_agent_worker(tracker)
     here = tracking._worker_job_track(1, after, tracking._worker_job_init_tracking(1, start, shapes))
 
     loader = loader_of(["function", "run-agent", "2", "--function-module", MODULE,
-                        *sum((["-p", p] for p in (*TINY, "kind=str:tracker")), [])])
+                        *sum((["-p", p] for p in TRACKER), [])])
     with RecoverableExecutor(initializer=_worker_init, initargs=[loader, _default_tracking_state_id_generator]) as ex:
         assert ex.result(ex.submit(_worker_job_get_function_spec)) == tracker.spec
         ids = ex.result(ex.submit(tracking._worker_job_init_tracking, 1, start, shapes))

@@ -61,9 +61,9 @@ def oom():
 def test_out_of_memory_is_503_frees_the_cache_and_the_next_request_works(fn, reference, monkeypatch, where, exc):
     assert fn.call(body(FRAME_A)).json == reference["A"]
     predictor = fn.model.predictor
-    assert len(predictor.cache) == 1
+    assert predictor.cache.frames == 1
     owner, name = {"encode_image": (predictor.model, "encode_image"), "decode": (predictor.model, "decode"),
-                   "shapes": (sam2oct.geometry.polygons, "label_map_to_shapes")}[where]
+                   "shapes": (sam2oct.geometry.polygons, "trace_label_map")}[where]
     state = fail_once(monkeypatch, owner, name, exc())
     reply = fn.call(body(FRAME_B))
     assert state["calls"] == 1

@@ -52,7 +52,7 @@ class Soak:
         assert reply.status in (200, 422), reply
         text = json.dumps([reply.status, reply.json], sort_keys=True)
         assert self.first.setdefault((mode, frame, prompt), text) == text, (mode, frame, prompt)
-        assert len(fn.model.predictor.cache) <= CACHE
+        assert fn.model.predictor.cache.frames <= CACHE
 
     def counts(self, mode):
         p = self.fns[mode].model.predictor

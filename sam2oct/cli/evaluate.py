@@ -29,7 +29,7 @@ def run(args) -> int:
     print(f"{dataset.source}: {len(dataset)} B-scans" + (f"; skipped {skipped}" if skipped else ""),
           file=sys.stderr)
     modes = list(PREPROCESS_MODES) if both else [options.preprocess or profile.preprocess]
-    predictors = _label_map_predictors(options, modes)
+    predictors = _label_map_predictors(options, modes, raw=args.raw)
     def progress(i, n, sample, mode=None):
         print(f"[{i}/{n}] {sample.name}" + (f" ({mode})" if mode else ""), file=sys.stderr)
 
@@ -37,19 +37,23 @@ def run(args) -> int:
                for mode, predict in predictors.items()}
     report = compare(reports) if len(reports) > 1 else {"preprocess": modes[0], **reports[modes[0]]}
     report["source"], report["skipped"] = dataset.source, dataset.skipped
+    report["label_map"] = "raw" if args.raw else f"cleaned (min_area {options.min_area})"
     print(format_table(report))
     if args.json:
         Path(args.json).write_text(json.dumps(report, indent=1, allow_nan=False))
     return 0
 
 
-def _label_map_predictors(options, modes) -> dict:
-    """{preprocessing: grey frame -> label map}, one model shared by all."""
+def _label_map_predictors(options, modes, raw: bool = False) -> dict:
+    """{preprocessing: grey frame -> label map}, one model shared by all: the cleaned label map
+    every front door answers with, or with ``raw`` the model's argmax map."""
     from sam2oct.pipeline.pipeline import Pipeline
 
     first = Pipeline(replace(options, preprocess=modes[0]))
     pipelines = [first] + [Pipeline(replace(options, preprocess=m), model=first.predictor.model) for m in modes[1:]]
-    return {m: (lambda gray, p=p: p.predict(p.encode(gray)).label_map) for m, p in zip(modes, pipelines)}
+    if raw:
+        return {m: (lambda gray, p=p: p.predict(p.encode(gray)).label_map) for m, p in zip(modes, pipelines)}
+    return {m: (lambda gray, p=p: p.label_map(p.encode(gray))) for m, p in zip(modes, pipelines)}
 
 
 
@@ -59,8 +63,11 @@ def add_parser(sub) -> None:
     ev.add_argument("data", metavar="DATA",
                     help="CVAT export (zip or folder: 'CVAT for images 1.1', 'Segmentation mask 1.1') "
                          "or a folder with images/ and labels/")
-    add_option_flags(ev, MODEL_OPTIONS + ("max_pixels",), preprocess={
+    add_option_flags(ev, MODEL_OPTIONS + ("min_area", "max_pixels"), preprocess={
         "choices": list(PREPROCESS_MODES) + ["both"],
         "help": OPTION_HELP["preprocess"] + "; 'both' scores the two side by side"})
     ev.add_argument("--json", help="write the full report here (per class, per image)")
+    ev.add_argument("--raw", action="store_true",
+                    help="score the model's raw argmax label map (model research), not the cleaned map "
+                         "(after the --min-area merge) that every front door delivers")
     ev.set_defaults(run=run)

@@ -50,7 +50,10 @@ def run(args) -> int:
         if overlay_dir is not None:
             overlay_dir.mkdir(parents=True, exist_ok=True)
         for i, gray, prediction in segment_frames(pipeline, source, args.batch, options.max_pixels, bar):
-            shapes = pipeline.shapes(prediction.label_map)
+            # the cleaned map (after the min-area merge) is the answer: polygons trace it, the
+            # label files and overlays hold it
+            label_map = pipeline.clean(prediction.label_map)
+            shapes = pipeline.shapes(label_map)
             count += len(shapes)
             h, w = gray.shape
             entry = {"image": str(source.path)}
@@ -63,10 +66,10 @@ def run(args) -> int:
             if keep:
                 if maps is None:
                     maps = np.zeros((source.n_bscans, h, w), label_dtype(len(labels)))
-                maps[i] = prediction.label_map
+                maps[i] = label_map
             target = overlay_file if overlay_dir is None else overlay_dir / names[i]
             if target is not None:
-                write_output("overlay", render_overlay(gray, prediction.label_map, shapes, labels).save, target)
+                write_output("overlay", render_overlay(gray, label_map, shapes, labels).save, target)
         if npz is not None:
             write_output("labels", lambda p: write_labels_npz(p, maps, spacing_um=source.spacing_um,
                                                               laterality=source.laterality,
