@@ -409,3 +409,30 @@ def test_bad_arguments_exit_2_in_one_line(argv, words, capsys):
     assert err.startswith("error: ") and err.count("\n") == 1 and "--help" in err, err
     for word in words:
         assert word in err
+
+
+# --- every command checks every output path before the model loads (issue 15, defect 3) ----------
+
+EXPORT = ROOT / "tests" / "data" / "cvat-export" / "synthetic_cvat_for_images_1.1.zip"
+
+
+@pytest.mark.parametrize("command", [
+    ["evaluate", EXPORT, *TINY, "--json", "{tmp}/afile/report.json"],
+    ["finetune", EXPORT, *TINY, "--out", "{tmp}/afile/out.pt"],
+    ["finetune", EXPORT, *TINY, "--out", "{tmp}/out.pt", "--report", "{tmp}/afile/r.json"],
+    ["convert", TINY_CKPT, "{tmp}/afile/out.pt", "--config", TINY_CONFIG],
+    ["download", "nr206", "--models-dir", "{tmp}/afile/models"],
+])
+def test_every_output_path_is_checked_before_the_model_loads(command, tmp_path, capsys, monkeypatch, no_model):
+    monkeypatch.setattr(sam2oct.model.hub, "read_state_dict", lambda *a: pytest.fail("the checkpoint was read"))
+    monkeypatch.setattr("huggingface_hub.HfApi.model_info", lambda *a, **k: pytest.fail("the hub was asked"))
+    (tmp_path / "afile").write_text("a file, not a folder")
+    argv = [str(a).format(tmp=tmp_path) for a in command]
+    one_line_error(capsys, argv, f"{tmp_path / 'afile'} is a file")
+
+
+def test_evaluate_json_into_a_missing_folder_is_written(tmp_path, capsys):
+    out = tmp_path / "new" / "folder" / "report.json"
+    assert cli.main(["evaluate", str(EXPORT), *TINY, "--json", str(out)]) == 0
+    assert json.loads(out.read_text())["images"] == 3
+    assert [p.name for p in out.parent.iterdir()] == ["report.json"]  # no partial file left behind

@@ -6,8 +6,8 @@ from __future__ import annotations
 import os
 import stat
 import zipfile
+from dataclasses import dataclass
 from pathlib import Path
-
 
 from sam2oct.data.samples import DatasetError
 
@@ -16,6 +16,8 @@ DEFAULT_MAX_TOTAL_BYTES = 8 * 2**30
 DEFAULT_MAX_MEMBERS = 200_000
 READ_CHUNK = 1 << 20
 
+
+@dataclass
 class Limits:
     member_bytes: int
     total_bytes: int
