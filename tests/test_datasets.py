@@ -531,3 +531,29 @@ def test_split_by_volume_needs_two_volumes():
     for seed in range(5):  # a small fraction never takes the big volume
         train, val = split_by_volume(fake_dataset([("big", 20), ("b", 2), ("c", 3)]), 0.05, seed)
         assert {s.volume for s in val.samples} == {"b"}
+
+
+@pytest.mark.parametrize("n_classes", [1, 2, 256, 257, 65536, 65537, 70000])
+def test_label_dtype_holds_every_class_index(n_classes):
+    """Issue 15, defect 10: 70000 classes in uint16 wrapped indices above 65535 round to small ones."""
+    from sam2oct.data.samples import label_dtype
+
+    dtype = label_dtype(n_classes)
+    assert np.iinfo(dtype).max >= n_classes - 1
+    assert int(np.array(n_classes - 1).astype(dtype)) == n_classes - 1  # the last class survives the cast
+    assert np.dtype(dtype).itemsize <= max(1, np.dtype(np.min_scalar_type(n_classes - 1)).itemsize * 2)
+
+
+def test_label_dtype_refuses_what_no_label_map_holds():
+    from sam2oct.data.samples import label_dtype
+
+    for n in (0, -3, 2**32 + 1):
+        with pytest.raises(ValueError, match=str(n)):
+            label_dtype(n)
+
+
+def test_rasterize_paints_a_class_index_above_65535():
+    names = [f"c{k}" for k in range(70000)]
+    square = {"type": "polygon", "label": "c69999", "points": [1, 1, 5, 1, 5, 5, 1, 5]}
+    labels = rasterize([square], 8, 8, names)
+    assert labels.max() == 69999 and (labels == 69999).sum() == 16
