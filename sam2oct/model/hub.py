@@ -8,6 +8,7 @@ models/checksums.json so that a file changed later is refused at load time.
 import json
 import shutil
 import tempfile
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -85,8 +86,9 @@ def download(profile_name: str, models_dir="models", revision: str | None = None
     key = stored_key(profile_name)
     api = api or HfApi()
     revision = revision or records.get(key, {}).get("revision") or HF_REVISION
-    commit = api.model_info(HF_REPO, revision=revision).sha  # pin: a branch name moves, a commit does not
-    (info,) = api.get_paths_info(HF_REPO, [profile.hf_filename], revision=commit, expand=True)
+    with _hub_errors(profile.hf_filename):
+        commit = api.model_info(HF_REPO, revision=revision).sha  # pin: a branch name moves, a commit does not
+        (info,) = api.get_paths_info(HF_REPO, [profile.hf_filename], revision=commit, expand=True)
     expected = info.lfs.sha256 if info.lfs else None
     if not expected:
         raise CheckpointError(f"the hub publishes no sha256 for {HF_REPO}/{profile.hf_filename}@{commit}")
@@ -94,7 +96,8 @@ def download(profile_name: str, models_dir="models", revision: str | None = None
     target = models_dir / key
     target.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=target.parent, prefix=".partial-") as tmp:
-        fetched = Path(hf_hub_download(HF_REPO, profile.hf_filename, revision=commit, local_dir=tmp))
+        with _hub_errors(profile.hf_filename):
+            fetched = Path(hf_hub_download(HF_REPO, profile.hf_filename, revision=commit, local_dir=tmp))
         actual = sha256_of(fetched)
         if actual != expected:
             raise CheckpointError(
@@ -109,6 +112,37 @@ def download(profile_name: str, models_dir="models", revision: str | None = None
     records[key] = {"sha256": actual, "repo": HF_REPO, "filename": profile.hf_filename, "revision": commit}
     record_file.write_text(json.dumps(records, indent=2, sort_keys=True) + "\n")
     return target
+
+
+def offline_advice(filename: str) -> str:
+    return (f"to go on offline, copy {Path(filename).name} ({HF_REPO}/{filename} on the hub) from a machine "
+            f"that has it and pass its path with --checkpoint (or set SAM2_CHECKPOINT), or set HF_ENDPOINT "
+            f"to a mirror of the hub")
+
+
+@contextmanager
+def _hub_errors(filename: str):
+    """The hub unreachable, or answering with an error: one CheckpointError that says so and how
+    to go on, instead of huggingface_hub's and httpx's exceptions."""
+    from huggingface_hub import constants
+    from huggingface_hub.errors import HfHubHTTPError, HTTPError, LocalEntryNotFoundError, OfflineModeIsEnabled
+
+    try:
+        yield
+    except OfflineModeIsEnabled:
+        raise CheckpointError(f"the Hugging Face hub is switched off here (HF_HUB_OFFLINE is set); "
+                              f"{offline_advice(filename)}") from None
+    except HfHubHTTPError as exc:  # the hub answered, with an error status
+        status = getattr(exc.response, "status_code", None)
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise CheckpointError(f"the Hugging Face hub ({constants.ENDPOINT}) refused the download"
+                              f"{f' (HTTP {status})' if status else ''}: {first}") from None
+    except (HTTPError, LocalEntryNotFoundError, ConnectionError, TimeoutError) as exc:
+        # HTTPError without a response: a transport failure (DNS, refused, timeout, proxy);
+        # LocalEntryNotFoundError: hf_hub_download's word for the same after its retries.
+        cause = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else type(exc).__name__
+        raise CheckpointError(f"the Hugging Face hub ({constants.ENDPOINT}) could not be reached ({cause}); "
+                              f"{offline_advice(filename)}") from None
 
 
 def convert(src, dst, config=None) -> dict:
