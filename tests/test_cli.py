@@ -504,3 +504,23 @@ def test_download_from_an_unreachable_endpoint_through_the_entry_point(tmp_path)
     assert proc.stderr.startswith("error: the Hugging Face hub (http://127.0.0.1:9) could not be reached (")
     assert proc.stderr.count("\n") == 1 and "Traceback" not in proc.stderr
     assert "--checkpoint" in proc.stderr and "HF_ENDPOINT" in proc.stderr
+
+
+# --- evaluate and finetune warn about 16-bit frames cut to 8 bits (issue 19, trip 2) -----------------
+
+def test_evaluate_and_finetune_warn_about_an_export_cut_to_8_bits(tmp_path, capsys, monkeypatch):
+    import sam2oct.cli.evaluate
+    from test_datasets import _sixteen_bit, _smask_zip
+
+    cut = ((_sixteen_bit() >> 4) % 256).astype(np.uint8)
+    export = _smask_zip(tmp_path / "cut.zip", {"v_000": cut, "v_001": cut})
+    names = ["--class-names", "background,A,B,Fluid,d,e,f,g,h"]
+    monkeypatch.setattr(sam2oct.cli.evaluate, "_label_map_predictors",
+                        lambda options, modes: {m: (lambda gray: np.zeros(gray.shape, np.uint8)) for m in modes})
+    assert cli.main(["evaluate", str(export), *TINY, *names]) == 0
+    warnings = [line for line in capsys.readouterr().err.splitlines() if line.startswith("warning: ")]
+    assert len(warnings) == 1 and "2 of 2 images" in warnings[0] and "CVAT for images 1.1" in warnings[0]
+    # finetune reads the data the same way (here it then stops: one volume cannot be split)
+    code = cli.main(["finetune", str(export), *TINY, *names, "--out", str(tmp_path / "o.pt"), "--val-fraction", "0.5"])
+    err = capsys.readouterr().err
+    assert code == 2 and [line for line in err.splitlines() if line.startswith("warning: ")] == warnings

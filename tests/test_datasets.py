@@ -557,3 +557,62 @@ def test_rasterize_paints_a_class_index_above_65535():
     square = {"type": "polygon", "label": "c69999", "points": [1, 1, 5, 1, 5, 5, 1, 5]}
     labels = rasterize([square], 8, 8, names)
     assert labels.max() == 69999 and (labels == 69999).sum() == 16
+
+
+# --- 16-bit frames cut to 8 bits by "Segmentation mask 1.1" (issue 19, trip 2) -------------------------
+
+SAMPLE_16 = Path("/work/shared/samples/synthetic/bscan_768x496_s1_16bit.png")
+TWIN_8 = DATA / "bscan_768x496_s1.png"
+SPECTRALIS_8 = DATA / "spectralis" / "Willis_B_716_0_bscan_u8.png"
+
+
+def _sixteen_bit():
+    path = SAMPLE_16 if SAMPLE_16.exists() else DATA / "bscan_768x496_s1_16bit.png"  # the same file
+    return np.asarray(Image.open(path), dtype=np.int64)
+
+
+def test_cut_frames_are_told_from_8_bit_ones():
+    from sam2oct.data.segmentation_mask import looks_cut_to_8_bits
+
+    v16 = _sixteen_bit()
+    twin = np.asarray(Image.open(TWIN_8), dtype=np.int64)
+    # This sample is its 8-bit twin times 257, so mod 256 gives the twin back exactly: nothing
+    # was lost, and nothing may be said.
+    assert np.array_equal(v16 % 256, twin)
+    assert not looks_cut_to_8_bits(twin / 255) and not looks_cut_to_8_bits((v16 % 256) / 255)
+    assert not looks_cut_to_8_bits(np.asarray(Image.open(SPECTRALIS_8), dtype=np.float64) / 255)
+    # The same frames as scanners store them, 10-, 12- and 14-bit data in 16-bit files, cut mod 256.
+    for bits in (10, 12, 14):
+        assert looks_cut_to_8_bits(((v16 >> (16 - bits)) % 256) / 255), bits
+        spectralis = np.asarray(Image.open(SPECTRALIS_8), dtype=np.int64) * (2**bits - 1) // 255
+        assert looks_cut_to_8_bits((spectralis % 256) / 255), bits
+        # ...and the frame itself, read as CVAT for images keeps it (16-bit, scaled), is not judged cut
+        assert not looks_cut_to_8_bits((v16 >> (16 - bits)) / (2**bits - 1))
+
+
+def _smask_zip(path, frames):
+    """A Segmentation mask 1.1 export of real-sized frames {name: 8-bit array}, one layer band each."""
+    members = {"labelmap.txt": LABELMAP, "ImageSets/Segmentation/default.txt": "\n".join(frames) + "\n"}
+    for name, frame in frames.items():
+        index = np.zeros(frame.shape, np.uint8)
+        index[200:260] = 1
+        members[f"SegmentationClass/{name}.png"] = png_bytes(COLOURS[index])
+        members[f"JPEGImages/{name}.png"] = png_bytes(frame.astype(np.uint8))
+    return write_zip(path, members)
+
+
+def test_a_segmentation_mask_export_of_cut_frames_is_warned_about_once(tmp_path, caplog):
+    v16 = _sixteen_bit()
+    cut = ((v16 >> 4) % 256).astype(np.uint8)
+    twin = np.asarray(Image.open(TWIN_8))
+    with caplog.at_level("WARNING", logger="sam2oct"):
+        ds = load(_smask_zip(tmp_path / "cut.zip", {"v_000": cut, "v_001": cut, "v_002": twin}))
+    assert len(ds.samples) == 3
+    (record,) = [r for r in caplog.records if r.name.startswith("sam2oct")]
+    message = record.getMessage()
+    assert "2 of 3 images" in message and "JPEGImages/v_000.png" in message
+    assert "mod 256" in message and "'CVAT for images 1.1'" in message
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="sam2oct"):
+        load(_smask_zip(tmp_path / "fine.zip", {"v_000": twin}))
+    assert not [r for r in caplog.records if r.name.startswith("sam2oct")]

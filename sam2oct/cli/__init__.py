@@ -17,6 +17,7 @@ of ``OPTION_NAMES``) and ``main`` says it in the command line's names.
 
 
 import argparse
+import logging
 import sys
 
 from sam2oct.cli import convert, download, evaluate, finetune, segment
@@ -43,7 +44,22 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class _StderrWarnings(logging.Handler):
+    """The library's warnings as ``warning: ...`` lines on stderr (looked up when written, so a
+    redirected stderr is honoured)."""
+
+    def emit(self, record):
+        print(f"{record.levelname.lower()}: {record.getMessage()}", file=sys.stderr)
+
+
+def _show_library_warnings() -> None:
+    logger = logging.getLogger("sam2oct")
+    if not any(isinstance(h, _StderrWarnings) for h in logger.handlers):
+        logger.addHandler(_StderrWarnings(logging.WARNING))
+
+
 def main(argv=None) -> int:
+    _show_library_warnings()
     args = build_parser().parse_args(argv)  # usage errors: one line and exit 2 (_Parser.error)
     try:
         return args.run(args)
