@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 
 from sam2oct.model.checkpoint import (
-    CHECKSUMS_NAME, build_model, check_state_dict, num_classes_of, read_checksums, read_state_dict, sha256_of,
+    CHECKSUMS_NAME, DEFAULT_CONFIG, build_model, check_state_dict, num_classes_of, read_checksums, read_state_dict, sha256_of,
 )
 from sam2oct.errors import CheckpointError
 from sam2oct.model.profiles import HF_REPO, PROFILES
@@ -149,7 +149,7 @@ def convert(src, dst, config=None) -> dict:
     """Write a slim, weights-only copy (no optimizer state) that loads faster."""
     sd = read_state_dict(src)
     k = num_classes_of(sd, src)
-    check_state_dict(build_model(k, config), sd, src)
+    check_state_dict(build_model(k, config), sd, src, config or DEFAULT_CONFIG)
     dst = Path(dst)
     dst.parent.mkdir(parents=True, exist_ok=True)
     tmp = dst.with_name(dst.name + ".partial")
