@@ -825,3 +825,36 @@ def test_agent_worker_process(tracker):
         with pytest.raises(cvat_function.RequestRefused, match="covers no retinal layer"):
             image = Image.fromarray(FULL)
             ex.result(ex.submit(tracking._worker_job_init_tracking, 1, image, background_shapes(tracker, image)[:1]))
+
+
+# --- docs/troubleshooting.md (issue 19, trip 5) ------------------------------------------------------
+
+def test_troubleshooting_quotes_the_texts_cvat_sdk_and_cvat_cli_really_print(capsys):
+    """Each cvat-cli / cvat-sdk text the page quotes is produced by the installed 2.80 code, and the
+    README links the page."""
+    page = (ROOT / "docs" / "troubleshooting.md").read_text()
+    assert "(docs/troubleshooting.md)" in (ROOT / "README.md").read_text()
+    task = [models.Label(name="Layer 1", id=1, type="polygon", attributes=[], sublabels=[])]
+    spec = load(f"checkpoint=str:{TINY_CKPT}", f"config=str:{TINY_CONFIG}").spec
+    seen = []
+    for ds_labels, conv in ((task, False), ([models.Label(name="NFL", id=1, type="polygon", attributes=[],
+                                                          sublabels=[])], False)):
+        try:
+            _AnnotationMapper(LOG, spec.labels, ds_labels, allow_unmatched_labels=False, conv_mask_to_poly=conv)
+        except Exception as exc:  # cvat-sdk's BadFunctionError
+            seen.append(f"{type(exc).__name__}: {exc}")
+    assert seen == ["BadFunctionError: label 'NFL' is not in dataset",
+                    "BadFunctionError: label 'NFL' has type 'mask' in the function, but 'polygon' in the dataset"]
+    for text in seen:
+        assert f"`{text}`" in page, text
+    for argv, text in ((["task", "auto-annotate", "1", "--function-module", MODULE, "-p", "checkpoint=x.pt"],
+                        "argument --function-parameter/-p: parameter type not specified"),
+                       (["task", "create", "x", "--labels", "[]", "scan_001.png"],
+                        "argument resource_type: invalid choice: 'scan_001.png' (choose from local, share, remote)")):
+        with pytest.raises(SystemExit):
+            cli_parser().parse_args(argv)
+        said = capsys.readouterr().err.strip().splitlines()[-1]  # argparse: "PROG: error: MESSAGE"
+        assert said.endswith(f": error: {text}") and f"`error: {text}`" in page, (said, text)
+    for words in ("Page not found at /api/functions", "--allow-unmatched-labels", "-p checkpoint=str:",
+                  "-p label_style=str:index", "HF_ENDPOINT", "set the model config to", "CVAT for images 1.1"):
+        assert words in page, words
