@@ -114,24 +114,26 @@ def download(profile_name: str, models_dir="models", revision: str | None = None
     return target
 
 
-def offline_advice(filename: str) -> str:
-    return (f"to go on offline, copy {Path(filename).name} ({HF_REPO}/{filename} on the hub) from a machine "
-            f"that has it and pass its path with --checkpoint (or set SAM2_CHECKPOINT), or set HF_ENDPOINT "
-            f"to a mirror of the hub")
+class HubUnreachable(CheckpointError):
+    """The hub could not be reached, or is switched off; ``filename`` is the file that was asked
+    for, so that a front door can say how to go on without the hub in its own words."""
+
+    def __init__(self, message: str, filename: str):
+        super().__init__(message)
+        self.filename = filename
 
 
 @contextmanager
 def _hub_errors(filename: str):
-    """The hub unreachable, or answering with an error: one CheckpointError that says so and how
-    to go on, instead of huggingface_hub's and httpx's exceptions."""
+    """The hub unreachable (HubUnreachable) or answering with an error (CheckpointError): one
+    error that says so, instead of huggingface_hub's and httpx's exceptions."""
     from huggingface_hub import constants
     from huggingface_hub.errors import HfHubHTTPError, HTTPError, LocalEntryNotFoundError, OfflineModeIsEnabled
 
     try:
         yield
     except OfflineModeIsEnabled:
-        raise CheckpointError(f"the Hugging Face hub is switched off here (HF_HUB_OFFLINE is set); "
-                              f"{offline_advice(filename)}") from None
+        raise HubUnreachable("the Hugging Face hub is switched off here (HF_HUB_OFFLINE is set)", filename) from None
     except HfHubHTTPError as exc:  # the hub answered, with an error status
         status = getattr(exc.response, "status_code", None)
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
@@ -141,8 +143,8 @@ def _hub_errors(filename: str):
         # HTTPError without a response: a transport failure (DNS, refused, timeout, proxy);
         # LocalEntryNotFoundError: hf_hub_download's word for the same after its retries.
         cause = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else type(exc).__name__
-        raise CheckpointError(f"the Hugging Face hub ({constants.ENDPOINT}) could not be reached ({cause}); "
-                              f"{offline_advice(filename)}") from None
+        raise HubUnreachable(f"the Hugging Face hub ({constants.ENDPOINT}) could not be reached ({cause})",
+                             filename) from None
 
 
 def convert(src, dst, config=None) -> dict:
