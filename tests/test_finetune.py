@@ -6,6 +6,7 @@ The tiny K=9 fixture runs at image_size 256 (a copy of its config), where a step
 a second on one CPU core.
 """
 
+import gc
 import json
 import os
 import subprocess
@@ -375,8 +376,6 @@ def test_real_spectralis_export_raises_held_out_miou(config256):
 
 def _live_tensor_bytes(last_dims) -> int:
     """Bytes of the live tensors whose last two dimensions are ``last_dims`` (each storage once)."""
-    import gc
-
     storages = {}
     for obj in gc.get_objects():
         if isinstance(obj, torch.Tensor) and obj.dim() >= 2 and tuple(obj.shape[-2:]) == last_dims:
@@ -389,9 +388,12 @@ def test_decoder_mode_holds_label_maps_not_float_targets_per_view(config256):
     97-B-scan volume). While training, the S x S tensors alive are one step's, not every view's."""
     model = tiny(config256)
     k, size, batch, scans, views = model.num_classes, model.image_size, 1, 6, 3
+    data = samples(scans, SCANNER_A, 3)
+    gc.collect()
+    before = _live_tensor_bytes((size, size))  # what earlier tests left alive
     seen = []
-    train(model, samples(scans, SCANNER_A, 3), FinetuneOptions(mode="decoder", steps=2, batch=batch, views=views),
-          callback=lambda step, loss, parts: seen.append(_live_tensor_bytes((size, size))))
+    train(model, data, FinetuneOptions(mode="decoder", steps=2, batch=batch, views=views),
+          callback=lambda step, loss, parts: seen.append(_live_tensor_bytes((size, size)) - before))
     one_step = batch * (k + 1) * size * size * 4  # the step's target and valid weight
     every_view = scans * views * k * size * size * 4
     assert seen and max(seen) < 3 * one_step < every_view, (seen, one_step, every_view)
