@@ -274,8 +274,15 @@ def vm_kib(field="VmRSS") -> int:
         return int(re.search(rf"^{field}:\s+(\d+) kB", f.read(), re.M).group(1))
 
 
+SUMMARY_DIR_ENV = "SAM2OCT_SUMMARY_DIR"
+
+
 def write_summary(name: str, line: str) -> None:
-    """Keep a suite's summary line under out/reliability/ (scripts/reliability_report.py reads them)."""
-    folder = ROOT / "out" / "reliability"
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / f"{name}.txt").write_text(line + "\n")
+    """Print a suite's summary line and, when $SAM2OCT_SUMMARY_DIR names a folder (as
+    scripts/reliability_report.py sets it), keep it there as <name>.txt. A plain test run
+    writes nothing into the repository."""
+    print("\n" + line)
+    folder = os.environ.get(SUMMARY_DIR_ENV)
+    if folder:
+        Path(folder).mkdir(parents=True, exist_ok=True)
+        (Path(folder) / f"{name}.txt").write_text(line + "\n")

@@ -219,11 +219,47 @@ def test_cli_commands_the_docs_quote_exist(command):
             assert option in done.stdout
 
 
-def doc_commands():
-    """Every cvat-cli command line of the README's cvat-cli section, as argv after the program name."""
-    blocks = re.findall(r"```bash\n(.*?)```", doc_text(), re.S)
+def _cvat_cli_lines(text):
+    """Every cvat-cli command line in the text's bash blocks (continuations joined, any leading
+    VAR=value assignments dropped), as argv after the program name."""
+    blocks = re.findall(r"```bash\n(.*?)```", text, re.S)
     lines = [line.strip() for block in blocks for line in block.replace("\\\n", " ").splitlines()]
-    return [shlex.split(line)[1:] for line in lines if line.startswith(".venv/bin/cvat-cli ")]
+    commands = []
+    for line in lines:
+        words = shlex.split(line, comments=True) if "cvat-cli" in line else []
+        while words and re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*=\S*", words[0]):
+            words = words[1:]
+        if words and words[0].endswith("cvat-cli"):
+            ends = [i for i, w in enumerate(words) if w in ("&", "&&", ";", "|", "||") or w.startswith(">")]
+            commands.append(words[1:ends[0] if ends else None])  # the shell's part is not cvat-cli's
+    return commands
+
+
+def doc_commands():
+    """The function commands (--function-module) of the README's cvat-cli section."""
+    return [argv for argv in _cvat_cli_lines(doc_text()) if "--function-module" in argv]
+
+
+DOCS_WITH_CVAT_CLI = ["README.md", *(f"docs/{p.name}" for p in sorted((ROOT / "docs").glob("*.md")))]
+
+
+@pytest.mark.parametrize("doc", DOCS_WITH_CVAT_CLI)
+def test_every_quoted_cvat_cli_command_parses_with_cvat_cli(doc):
+    """Issue 19, trip 1: each cvat-cli command the docs quote, in a block or inline with its
+    options, goes through cvat-cli 2.80's own argument parser (placeholders become numbers)."""
+    text = (ROOT / doc).read_text()
+    commands = _cvat_cli_lines(text)
+    inline = [shlex.split(span)[1:] for span in re.findall(r"`(?:\.venv/bin/)?(cvat-cli [^`]*)`", text)]
+    commands += [argv for argv in inline if any(a.startswith("-") for a in argv)]  # a whole command, not a name
+    for argv in commands:
+        argv = [{"TASK_ID": "1", "FUNCTION_ID": "2"}.get(a, a) for a in argv]
+        try:
+            ns = cli_parser().parse_args(argv)
+        except SystemExit:
+            pytest.fail(f"{doc}: cvat-cli refuses: cvat-cli {shlex.join(argv)}")
+        if argv[:2] == ["task", "create"]:
+            assert ns.resource_type == "local" and ns.resources and isinstance(ns.labels, list)
+            assert [d["name"] for d in ns.labels] == list(PROFILES["nr206"].class_names[1:])
 
 
 @pytest.mark.docs
@@ -809,3 +845,36 @@ def test_agent_worker_process(tracker):
         with pytest.raises(cvat_function.RequestRefused, match="covers no retinal layer"):
             image = Image.fromarray(FULL)
             ex.result(ex.submit(tracking._worker_job_init_tracking, 1, image, background_shapes(tracker, image)[:1]))
+
+
+# --- docs/troubleshooting.md (issue 19, trip 5) ------------------------------------------------------
+
+def test_troubleshooting_quotes_the_texts_cvat_sdk_and_cvat_cli_really_print(capsys):
+    """Each cvat-cli / cvat-sdk text the page quotes is produced by the installed 2.80 code, and the
+    README links the page."""
+    page = (ROOT / "docs" / "troubleshooting.md").read_text()
+    assert "(docs/troubleshooting.md)" in (ROOT / "README.md").read_text()
+    task = [models.Label(name="Layer 1", id=1, type="polygon", attributes=[], sublabels=[])]
+    spec = load(f"checkpoint=str:{TINY_CKPT}", f"config=str:{TINY_CONFIG}").spec
+    seen = []
+    for ds_labels, conv in ((task, False), ([models.Label(name="NFL", id=1, type="polygon", attributes=[],
+                                                          sublabels=[])], False)):
+        try:
+            _AnnotationMapper(LOG, spec.labels, ds_labels, allow_unmatched_labels=False, conv_mask_to_poly=conv)
+        except Exception as exc:  # cvat-sdk's BadFunctionError
+            seen.append(f"{type(exc).__name__}: {exc}")
+    assert seen == ["BadFunctionError: label 'NFL' is not in dataset",
+                    "BadFunctionError: label 'NFL' has type 'mask' in the function, but 'polygon' in the dataset"]
+    for text in seen:
+        assert f"`{text}`" in page, text
+    for argv, text in ((["task", "auto-annotate", "1", "--function-module", MODULE, "-p", "checkpoint=x.pt"],
+                        "argument --function-parameter/-p: parameter type not specified"),
+                       (["task", "create", "x", "--labels", "[]", "scan_001.png"],
+                        "argument resource_type: invalid choice: 'scan_001.png' (choose from local, share, remote)")):
+        with pytest.raises(SystemExit):
+            cli_parser().parse_args(argv)
+        said = capsys.readouterr().err.strip().splitlines()[-1]  # argparse: "PROG: error: MESSAGE"
+        assert said.endswith(f": error: {text}") and f"`error: {text}`" in page, (said, text)
+    for words in ("Page not found at /api/functions", "--allow-unmatched-labels", "-p checkpoint=str:",
+                  "-p label_style=str:index", "HF_ENDPOINT", "set the model config to", "CVAT for images 1.1"):
+        assert words in page, words

@@ -6,6 +6,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from sam2oct.cli.flags import MODEL_OPTIONS, add_option_flags, options_from_args
+from sam2oct.cli.paths import check_destination, write_output
 from sam2oct.model.preprocessing import PREPROCESS_MODES
 from sam2oct.pipeline.options import OPTION_HELP
 
@@ -18,6 +19,8 @@ def run(args) -> int:
 
     if not Path(args.data).exists():
         raise DatasetError(f"dataset not found: {args.data}")
+    if args.json:  # before hours of scoring, not after
+        check_destination("json", Path(args.json))
     both = args.preprocess == "both"
     # Each frame is encoded once per preprocessing: no feature cache.
     options = options_from_args(args, preprocess="" if both else args.preprocess, cache_mb=0)
@@ -40,7 +43,8 @@ def run(args) -> int:
     report["label_map"] = "raw" if args.raw else f"cleaned (min_area {options.min_area})"
     print(format_table(report))
     if args.json:
-        Path(args.json).write_text(json.dumps(report, indent=1, allow_nan=False))
+        text = json.dumps(report, indent=1, allow_nan=False)
+        write_output("json", lambda p: p.write_text(text), Path(args.json))
     return 0
 
 

@@ -89,7 +89,13 @@ def overlay_targets(overlay, images) -> list:
 
 
 def write_output(option: str, write, path) -> None:
+    """``write(p)`` into a hidden sibling, then renamed over ``path``: never a half-written file.
+    The sibling keeps the extension, which the writer may read the format from."""
+    path = Path(path)
+    partial = path.with_name(f".{path.name}.partial{path.suffix}")
     try:
-        write(path)
+        write(partial)
+        partial.replace(path)
     except OSError as exc:
+        partial.unlink(missing_ok=True)
         raise ConfigError(f"{path}: cannot be written ({exc.strerror or exc})", option=option) from None

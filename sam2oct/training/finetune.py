@@ -69,7 +69,8 @@ class FinetuneOptions:
     augmentation: AugmentOptions = field(default_factory=AugmentOptions)
 
     def resolved(self) -> "FinetuneOptions":
-        """The options with every default filled in (what the report records)."""
+        """The options with every default filled in (what the report records); checked first."""
+        check_options(self)
         enc, dec = DEFAULT_LR[self.mode]
         return replace(
             self,
@@ -167,13 +168,20 @@ class _Examples:
             out.append(int(self._order.pop()))
         return out
 
-    def draw(self, index, augmented=True):
+    def view(self, index, augmented=True):
+        """(gray, labels, geometry) of one (augmented) draw of a sample."""
         s = self.samples[index]
         gray, labels = s.gray, s.labels
         if augmented and self.o.augment:
             gray, labels = augment(gray, labels, self.rng, self.o.augmentation)
-        geo = FrameGeometry.for_image(*gray.shape, size=self.size, mode=self.o.preprocess)
-        target, valid = _targets(labels, geo, self.k)
+        return gray, labels, FrameGeometry.for_image(*gray.shape, size=self.size, mode=self.o.preprocess)
+
+    def targets(self, labels, geo):
+        return _targets(labels, geo, self.k)
+
+    def draw(self, index, augmented=True):
+        gray, labels, geo = self.view(index, augmented)
+        target, valid = self.targets(labels, geo)
         return model_input(gray, geo)[0], target, valid
 
 
@@ -221,7 +229,9 @@ def train(model, samples, o: FinetuneOptions, callback=None, progress=False) -> 
             else:
                 picks = [cache[i][int(examples.rng.integers(len(cache[i])))] for i in idx]
                 features = _cat_features([f for f, _, _ in picks])
-                target, valid = _stack([(t, v) for _, t, v in picks], device)
+                # Targets are built per step from the cached label map: a [K,S,S] float target
+                # per view would hold ~40 MB each at S=1024 (18 GiB for a 97-B-scan volume).
+                target, valid = _stack([examples.targets(labels, geo) for _, labels, geo in picks], device)
             low_res, ious = model.decode(features)
             logits = F.interpolate(low_res, size=target.shape[-2:], mode="bilinear", align_corners=False)
             loss, parts = total_loss(logits, ious, target, valid, o.loss)
@@ -250,13 +260,16 @@ def train(model, samples, o: FinetuneOptions, callback=None, progress=False) -> 
 
 @torch.no_grad()
 def _encode_views(model, examples: _Examples, views: int, device):
-    """Decoder mode: per image, features and targets of the original and views-1 augmented copies."""
+    """Decoder mode: per image, (features, label map, geometry) of the original and views-1
+    augmented copies; the label map in the smallest integer type that holds it."""
     cache = []
     for i in range(len(examples.samples)):
         entries = []
         for v in range(views):
-            x, target, valid = examples.draw(i, augmented=v > 0)
-            entries.append((model.encode_image(x[None].to(device)), target, valid))
+            gray, labels, geo = examples.view(i, augmented=v > 0)
+            x = model_input(gray, geo)[0]
+            labels = np.ascontiguousarray(labels, dtype=np.min_scalar_type(max(int(labels.max()), 0)))
+            entries.append((model.encode_image(x[None].to(device)), labels, geo))
         cache.append(entries)
     return cache
 
