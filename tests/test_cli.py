@@ -521,7 +521,7 @@ def test_evaluate_and_finetune_warn_about_an_export_cut_to_8_bits(tmp_path, caps
     export = _smask_zip(tmp_path / "cut.zip", {"v_000": cut, "v_001": cut})
     names = ["--class-names", "background,A,B,Fluid,d,e,f,g,h"]
     monkeypatch.setattr(sam2oct.cli.evaluate, "_label_map_predictors",
-                        lambda options, modes: {m: (lambda gray: np.zeros(gray.shape, np.uint8)) for m in modes})
+                        lambda options, modes, **kw: {m: (lambda gray: np.zeros(gray.shape, np.uint8)) for m in modes})
     assert cli.main(["evaluate", str(export), *TINY, *names]) == 0
     warnings = [line for line in capsys.readouterr().err.splitlines() if line.startswith("warning: ")]
     assert len(warnings) == 1 and "2 of 2 images" in warnings[0] and "CVAT for images 1.1" in warnings[0]
