@@ -561,14 +561,13 @@ def test_rasterize_paints_a_class_index_above_65535():
 
 # --- 16-bit frames cut to 8 bits by "Segmentation mask 1.1" (issue 19, trip 2) -------------------------
 
-SAMPLE_16 = Path("/work/shared/samples/synthetic/bscan_768x496_s1_16bit.png")
+SAMPLE_16 = DATA / "bscan_768x496_s1_16bit.png"  # the 16-bit synthetic sample
 TWIN_8 = DATA / "bscan_768x496_s1.png"
 SPECTRALIS_8 = DATA / "spectralis" / "Willis_B_716_0_bscan_u8.png"
 
 
 def _sixteen_bit():
-    path = SAMPLE_16 if SAMPLE_16.exists() else DATA / "bscan_768x496_s1_16bit.png"  # the same file
-    return np.asarray(Image.open(path), dtype=np.int64)
+    return np.asarray(Image.open(SAMPLE_16), dtype=np.int64)
 
 
 def test_cut_frames_are_told_from_8_bit_ones():
