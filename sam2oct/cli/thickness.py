@@ -163,7 +163,8 @@ def _class_names(args):
 
 
 def segment_bscans(pipeline, bscans: np.ndarray, progress: bool | None = None) -> np.ndarray:
-    """[N, H, W] label maps of 8-bit B-scans, one B-scan at a time, with a progress bar on a terminal."""
+    """[N, H, W] label maps of 8-bit B-scans, one B-scan at a time, with a progress bar on a terminal:
+    the cleaned maps (after the min-area merge) that `segment --labels` writes and CVAT receives."""
     from tqdm import tqdm
 
     dtype = np.uint8 if len(pipeline.labels) <= 256 else np.uint16
@@ -171,7 +172,7 @@ def segment_bscans(pipeline, bscans: np.ndarray, progress: bool | None = None) -
     for i in tqdm(range(len(bscans)), desc="segmenting", unit="B-scan", file=sys.stderr,
                   disable=None if progress is None else not progress):
         gray = bscans[i].astype(np.float32) / 255.0
-        out[i] = pipeline.predict(pipeline.encode(gray)).label_map
+        out[i] = pipeline.label_map(pipeline.encode(gray))
     return out
 
 
