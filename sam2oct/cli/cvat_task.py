@@ -65,9 +65,9 @@ def run(args) -> int:
         maps = np.zeros((n, h, w), label_dtype(pipeline.num_classes))
         shapes = [] if args.polygons else None
         for i, _, prediction in segment_frames(pipeline, source, args.batch, options.max_pixels, bar):
-            maps[i] = prediction.label_map
+            maps[i] = pipeline.clean(prediction.label_map)  # the one label map every front door answers with
             if shapes is not None:
-                shapes.append(pipeline.shapes(prediction.label_map))
+                shapes.append(pipeline.shapes(maps[i]))
         write_bundle(target, source.volume, maps, pipeline.labels, shapes=shapes, colours=PALETTE_HEX,
                      extra_meta={"profile": pipeline.profile.name})
         print(f"{source.path}: {n} B-scans -> {target}", file=sys.stderr)
