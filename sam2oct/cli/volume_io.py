@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from sam2oct.cli.paths import check_destination, make_folder, read_image_file
+from sam2oct.cli.paths import check_destination, make_folder, raise_problems, read_image_file
 from sam2oct.data.volumes.label_files import nifti_zooms_mm
 from sam2oct.data.volumes.reader import looks_like_volume, parse_spacing, read_volume
 from sam2oct.data.volumes.volume import VolumeError
@@ -75,12 +75,7 @@ def read_sources(paths, max_pixels: int, *, spacing=None, laterality=None, all_v
             problems.append(ConfigError(str(exc), option=exc.option or "images"))
         except ConfigError as exc:
             problems.append(exc)
-    if len(problems) == 1:
-        raise problems[0]
-    if problems:
-        shown = "; ".join(str(p) for p in problems[:3])
-        more = f"; and {len(problems) - 3} more" if len(problems) > 3 else ""
-        raise ConfigError(f"{len(problems)} of {len(paths)} images cannot be used: {shown}{more}", option="images")
+    raise_problems(problems, len(paths))
     return sources
 
 
