@@ -5,8 +5,10 @@ import traceback
 
 from model_handler import ModelHandler
 from sam2oct.errors import RequestError, describe
+from sam2oct.pipeline import timing
 from sam2oct.pipeline.options import OPTION_ENV
 from sam2oct.serving.settings import Settings
+from sam2oct.serving import replies
 
 try:  # a CUDA out-of-memory error is its own class from torch 2.5 on
     from torch import OutOfMemoryError
@@ -24,9 +26,13 @@ def init_context(context):
         raise
     context.user_data.model = handler
     p = handler.profile
+    settings = handler.settings
     context.logger.info(f"sam2-oct: ready: profile {p.name}, {p.num_classes} classes, "
                         f"device {handler.predictor.device}, {handler.pipeline.runtime_note}, "
-                        f"mode {handler.settings.mode}")
+                        f"mode {settings.mode}")
+    if settings.mode == "interactor":  # a format the CVAT in front cannot draw puts masks in the wrong place
+        fmt = replies.FORMATS[settings.options.cvat_ui]
+        context.logger.info(f"sam2-oct: interactor replies in SAM2OCT_CVAT_UI={fmt.name} format, for {fmt.cvat}")
 
 
 def _reply(context, status, obj):
@@ -40,7 +46,10 @@ def _respond(context, status, text):
 def handler(context, event):
     model = context.user_data.model
     try:
-        return _respond(context, 200, model.infer_json(event.body))
+        with timing.recording() as timings:
+            text = model.infer_json(event.body)
+        context.logger.debug(f"sam2-oct: request: {timings}; reply {len(text)} bytes")
+        return _respond(context, 200, text)
     except RequestError as exc:
         message = describe(exc, OPTION_ENV)
         context.logger.warn(f"sam2-oct: refused ({exc.status}): {message}")

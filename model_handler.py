@@ -2,33 +2,19 @@
 
 import json
 import logging
-import uuid
-
-import numpy as np
+from dataclasses import replace
 
 from sam2oct.geometry import masks, polygons
 from sam2oct.serving import cvat_request
 from sam2oct.errors import RequestError, Sam2OctError, describe
-from sam2oct.pipeline.pipeline import Pipeline
+from sam2oct.logs import forwarded, option_names
+from sam2oct.model.discovery import find_checkpoint
 from sam2oct.pipeline.options import OPTION_ENV
+from sam2oct.pipeline.pipeline import Pipeline
+from sam2oct.serving import replies
 from sam2oct.serving.settings import Settings
 
-log = logging.getLogger("sam2oct")
-
-# Stands for a field in the reply's JSON until its text, made faster, takes its place.
-_SLOT = f"sam2oct-slot-{uuid.uuid4().hex}"
-
-
-def _mask_json(crop: np.ndarray) -> str:
-    """``json.dumps(crop.astype(int).tolist())`` of a 0/1 mask, written with numpy (a few times faster)."""
-    h, w = crop.shape
-    row = np.empty((h, 3 * w + 2), dtype=np.uint8)  # "[0, 1, ..., 0], " per row
-    cells = row[:, 1:3 * w + 1].reshape(h, w, 3)  # "v, " per value
-    cells[:, :, 0] = ord("0") + (crop != 0)
-    cells[:, :, 1:] = np.frombuffer(b", ", np.uint8)
-    row[:, 0], row[:, -3] = ord("["), ord("]")  # "]" where the row's last ", " began
-    row[:, -2:] = np.frombuffer(b", ", np.uint8)
-    return "[" + row.tobytes()[:-2].decode("ascii") + "]"
+log = logging.getLogger("sam2oct.model_handler")
 
 
 class ModelHandler:
@@ -37,14 +23,18 @@ class ModelHandler:
         self.log = logger or log
         # nuclio's logger has warn(), Python's logging warning()
         self._warn = getattr(self.log, "warning", None) or self.log.warn
-        try:
-            self.pipeline = Pipeline(settings.options)
-        except Sam2OctError as exc:  # the same error, in this front door's names
-            raise type(exc)(describe(exc, OPTION_ENV)) from exc
-        for message, option in self.pipeline.warnings:
-            self._warn(f"sam2-oct: {OPTION_ENV.get(option, option)}: {message}")
-        if settings.warmup:
-            self.pipeline.warm_up()
+        # The library's warnings name the environment variables and reach Nuclio's logger.
+        with option_names(OPTION_ENV), forwarded(lambda level, message: self._warn(f"sam2-oct: {message}")):
+            try:
+                options = settings.options
+                if not options.checkpoint:  # no SAM2_CHECKPOINT: a released one in the Hugging Face cache
+                    found = find_checkpoint(profile=options.profile, models_dir=None)
+                    options = replace(options, checkpoint=found.path, profile=found.profile or options.profile)
+                self.pipeline = Pipeline(options)
+            except Sam2OctError as exc:  # the same error, in this front door's names
+                raise type(exc)(describe(exc, OPTION_ENV)) from exc
+            if settings.warmup:
+                self.pipeline.warm_up()
 
     @property
     def profile(self):
@@ -64,37 +54,35 @@ class ModelHandler:
                                      max_image_bytes=self.settings.max_image_bytes)
 
     def infer_json(self, body) -> str:
-        """``json.dumps(self.infer(body))``, byte for byte, built faster: each traced shape is
-        serialised once, and the interactor's mask crop straight from its array."""
+        """``json.dumps(self.infer(body))``, byte for byte, built faster (replies.reply_json)."""
         if self.settings.mode == "detector":
             return json.dumps(self.infer(body))
-        result, encoded = self._interaction(self._interactor_request(body))
-        shapes = self._shapes_json(result["shapes"], self.pipeline.cached_shapes(encoded))
-        texts = {"mask": _mask_json(result["mask"]), "shapes": shapes}
-        text = json.dumps({**result, **{key: f"{_SLOT}-{key}" for key in texts}})
-        for key, value in texts.items():  # mask and bounds come first: the first match is the slot
-            text = text.replace(json.dumps(f"{_SLOT}-{key}"), value, 1)
-        return text
+        req = self._interactor_request(body)
+        picked, encoded = self._interaction(req)
+        return replies.reply_json(self.settings.options.cvat_ui, picked, req.threshold,
+                                  lambda shapes: self._shapes_json(shapes, self.pipeline.cached_shapes(encoded)))
 
     def _shapes_json(self, shapes, cached) -> str:
-        """JSON of the reply's shapes. A frame's traced shapes are the same objects on every click
+        """JSON of the fork's polygons. A frame's traced shapes are the same on every click
         (serialising thousands of them was most of a warm click's time), so their texts are kept
-        with them in the pipeline's frame cache and leave with them; other shapes (traced for a
-        box, say) are serialised as they come."""
+        with them in the pipeline's frame cache and leave with them. A reply holds copies of them
+        (``source``: the cached shape); other shapes (traced for a box, say) are serialised as
+        they come."""
         texts = {}
         if cached is not None:
             texts = cached.memo.get("json")
             if texts is None:
                 texts = cached.memo["json"] = {id(shape): json.dumps(shape) for shape in cached.shapes}
-        return "[" + ", ".join(texts.get(id(shape)) or json.dumps(shape) for shape in shapes) + "]"
+        return "[" + ", ".join(texts.get(id(getattr(shape, "source", None))) or json.dumps(shape)
+                               for shape in shapes) + "]"
 
     def interact(self, req: cvat_request.InteractorRequest) -> dict:
-        result, _ = self._interaction(req)
-        result["mask"] = result["mask"].astype(np.uint8).tolist()
-        return result
+        """The reply to an interactor request, in the format CVAT_UI names, as plain JSON objects."""
+        picked, _ = self._interaction(req)
+        return replies.reply(self.settings.options.cvat_ui, picked, req.threshold)
 
     def _interaction(self, req: cvat_request.InteractorRequest):
-        """The reply (its ``mask`` still the bool crop array, written by the caller) and the encoded frame."""
+        """What the request's clicks pick (with what the reply format needs) and the encoded frame."""
         p = self.pipeline
         encoded = p.encode_file(req.image)
         h, w = encoded.geometry.height, encoded.geometry.width
@@ -102,27 +90,11 @@ class ModelHandler:
         neg = cvat_request.fit_points(req.neg_points, h, w, "negative")
         bbox = cvat_request.fit_bbox(req.bbox, h, w)
         brush = [(name, self._brush_mask(i, name, rle, h, w)) for i, (name, rle) in enumerate(req.brush)]
-        picked = p.interact(encoded, pos, neg, bbox, brush, shapes=True)
-        if not picked.mask.any():
-            raise RequestError(f"no retinal layer picked: {picked.reason}", status=422)
-        crop, bounds = masks.crop_to_box(picked.mask)
-        result = {
-            "mask": crop,
-            "bounds": bounds,
-            "points": polygons.mask_outline(picked.mask),
-            "shapes": picked.shapes,
-            "labels": picked.labels,
-            "prompts": picked.prompts,
-        }
-        if picked.brush:
-            result["brush"] = picked.brush
-        if picked.ignored_clicks:
-            result["ignored_clicks"] = picked.ignored_clicks
-        if picked.snapped_clicks:
-            result["snapped_clicks"] = picked.snapped_clicks
-        if req.threshold is not None:
-            result["threshold"] = "ignored: every pixel takes the model's most likely class"
-        return result, encoded
+        fmt = replies.FORMATS[self.settings.options.cvat_ui]
+        picked = p.interact(encoded, pos, neg, bbox, brush, confidence=fmt.confidence, shapes=fmt.polygons)
+        if not picked.mask.any() and fmt.name == "current":  # a 200 with no shapes: say why here
+            self.log.info(f"sam2-oct: no retinal layer picked: {picked.reason}")
+        return picked, encoded
 
     def _brush_mask(self, i, name, rle, h, w):
         if name not in self.pipeline.label_index:
@@ -147,7 +119,7 @@ class ModelHandler:
             "points": polygons.flatten_points(region.points),
             "mask": masks.to_detector_mask(region.mask, offset=region.offset),
             "confidence": f"{region.score:.3f}",
-        } for region in p.regions(p.encode(gray), req.threshold)]
+        } for region in p.layers(p.encode(gray), req.threshold)]  # one mask per layer
 
     def release_memory(self) -> None:
         """After an out-of-memory fault: drop cached features and the allocator's spare blocks."""

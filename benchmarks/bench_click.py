@@ -9,11 +9,13 @@ and the reply. Two label maps:
 
 - noisy: the random-weight model's own map (thousands of regions: the worst case);
 - smooth: the synthetic ground truth of the same B-scan (tests/data/bscan_768x496_s1_labels.png),
-  put in place of the model's map by replacing Pipeline.predict on the worker's pipeline.
+  put in place of the model's map by replacing the worker's predictor's decode.
 
 Each request is one positive click (CVAT's JSON body as bytes, base64 PNG), at a different layer
-pixel each time. Prints the median and minimum per case against the goals, and where the time
-goes (median per click of each stage).
+pixel each time, answered in each reply format (SAM2OCT_CVAT_UI: current, legacy, cvat-oct; the
+worker's setting is switched between runs, the model stays). Prints, per map and format, the
+median and minimum time against the goals and the reply's size in bytes per click, then where
+the time goes (median per click of each stage) for the default format and the fork's.
 
     python benchmarks/bench_click.py [--clicks 30] [--threads 0]
 
@@ -22,6 +24,7 @@ Not a test: it prints figures, it asserts nothing.
 
 import argparse
 import base64
+import dataclasses
 import json
 import os
 import platform
@@ -43,9 +46,9 @@ import nuclio_sdk  # noqa: E402
 import nuclio_sdk.test  # noqa: E402
 
 import main  # noqa: E402
-from sam2oct.geometry import masks, polygons  # noqa: E402
+from sam2oct.geometry import polygons  # noqa: E402
 from sam2oct.pipeline import pipeline  # noqa: E402
-from sam2oct.serving import cvat_request  # noqa: E402
+from sam2oct.serving import cvat_request, replies  # noqa: E402
 from sam2oct.model.checkpoint import build_model  # noqa: E402
 from sam2oct.model.predictor import Prediction  # noqa: E402
 from sam2oct.serving.settings import ENV_VARS  # noqa: E402
@@ -114,10 +117,17 @@ def run_clicks(worker, image_b64, points, stages=None):
         if response.status_code != 200:
             raise SystemExit(f"click ({x}, {y}) answered {response.status_code}: {response.body[:200]}")
         times.append(dt)
-        sizes.append((len(response.body), len(json.loads(response.body)["shapes"])))
+        sizes.append((len(response.body.encode()), len(json.loads(response.body).get("shapes", []))))
         if stages is not None:
             stages.end_click(dt)
     return times, sizes
+
+
+def set_format(worker, fmt: str) -> None:
+    """Switch the worker's reply format (SAM2OCT_CVAT_UI), keeping its model and caches."""
+    model = worker.context.user_data.model
+    options = dataclasses.replace(model.settings.options, cvat_ui=fmt)
+    model.settings = dataclasses.replace(model.settings, options=options)
 
 
 def main_(argv=None):
@@ -151,8 +161,8 @@ def main_(argv=None):
     gray = p.read_image(data)
     encoded = p.encode(gray)
     noisy_map = p.predict(encoded).label_map
-    n_regions = len(p.frame_shapes(encoded, p.predict(encoded)))
-    print(f"first click (encode + trace): {cold * 1000:.0f} ms, status {response.status_code}; "
+    n_regions = len(p.frame_shapes(encoded))
+    print(f"first click (encode): {cold * 1000:.0f} ms, status {response.status_code}; "
           f"noisy map: {n_regions} polygons")
 
     rng = np.random.default_rng(args.seed)
@@ -160,27 +170,32 @@ def main_(argv=None):
     pick = rng.choice(len(rows), size=args.clicks + 2, replace=False)
     points = [(float(cols[i]) + 0.5, float(rows[i]) + 0.5) for i in pick]
 
+    formats = list(replies.FORMATS)
     results = {}
     for case in ("noisy", "smooth"):
         if case == "smooth":
             smooth = Prediction(low_res_logits=torch.zeros(0), ious=np.ones(9, dtype=np.float32), label_map=smooth_map,
                                 confidence=np.ones(smooth_map.shape, dtype=np.float32))
-            original = type(p).predict.__get__(p)
-            p.predict = lambda enc, **kw: smooth if enc.key == encoded.key else original(enc, **kw)
+            # the pipeline reads a frame's map from its predictor: swap it there
+            original = p.predictor.decode
+            p.predictor.decode = lambda enc, *a, **kw: smooth if enc.key == encoded.key else original(enc, *a, **kw)
             p.release_memory()  # shapes are cached per frame: trace the smooth map's
-            worker.call(click_body(image_b64, *points[-1]))  # re-encode and trace once: not timed
-        run_clicks(worker, image_b64, points[:2])  # settle
-        times, sizes = run_clicks(worker, image_b64, points[2:])
-        results[case] = (times, sizes)
+            worker.call(click_body(image_b64, *points[-1]))  # re-encode once: not timed
+        for fmt in formats:
+            set_format(worker, fmt)
+            run_clicks(worker, image_b64, points[:2])  # settle (the fork's: trace the frame once)
+            results[case, fmt] = run_clicks(worker, image_b64, points[2:])
 
-    print(f"\nwarm click through main.handler ({args.clicks} clicks per case, one positive point each)")
-    print(f"{'case':<8} {'median ms':>10} {'min ms':>8} {'goal ms':>8}  {'reply KiB':>10} {'shapes':>7}")
-    for case, (times, sizes) in results.items():
+    print(f"\nwarm click through main.handler ({args.clicks} clicks per case and format, one positive point each)")
+    print(f"{'case':<7} {'format':<9} {'median ms':>10} {'min ms':>7} {'goal ms':>8}  "
+          f"{'reply bytes: median':>20} {'max':>9}  {'shapes':>6}")
+    for (case, fmt), (times, sizes) in results.items():
         med, lo = statistics.median(times) * 1000, min(times) * 1000
-        kib = statistics.median(s for s, _ in sizes) / 1024
+        size = statistics.median(b for b, _ in sizes)
         shapes = statistics.median(n for _, n in sizes)
         verdict = "met" if med <= GOALS_MS[case] else "MISSED"
-        print(f"{case:<8} {med:>10.1f} {lo:>8.1f} {GOALS_MS[case]:>8.0f}  {kib:>10.0f} {shapes:>7.0f}   {verdict}")
+        print(f"{case:<7} {fmt:<9} {med:>10.1f} {lo:>7.1f} {GOALS_MS[case]:>8.0f}  {size:>20,.0f} "
+              f"{max(b for b, _ in sizes):>9,}  {shapes:>6.0f}   {verdict}")
 
     # Where the time goes: the same clicks again, with the stages timed.
     stages = Stages()
@@ -191,43 +206,54 @@ def main_(argv=None):
     stages.wrap(type(p), "encode_file", "frame: digests + cache hit")
     stages.wrap(pipeline, "select", "select (click -> regions)")
     stages.wrap(type(p), "_selection_shapes", "shapes (frame cache)")
-    stages.wrap(masks, "to_interactor_crop", "mask crop as nested lists")
-    stages.wrap(polygons, "mask_outline", "mask outline (points)")
+    stages.wrap(replies, "mask_points", "mask run lengths (current)")
+    stages.wrap(replies, "crop_json", "mask crop as text (legacy, fork)")
+    stages.wrap(polygons, "mask_outline", "mask outline (legacy, fork)")
     stages.wrap(type(model), "_interaction", "interaction")
     stages.wrap(type(model), "infer_json", "infer_json")
+    columns = [(case, fmt) for case in ("noisy", "smooth") for fmt in ("current", "cvat-oct")]
     breakdown = {}
-    for case in ("noisy", "smooth"):
-        if case == "noisy":
-            del p.predict
+    for case, fmt in columns:
+        if case == "noisy" and "decode" in vars(p.predictor):
+            del p.predictor.decode
             p.release_memory()
             worker.call(click_body(image_b64, *points[-1]))  # re-trace the noisy map: not timed
-        else:
-            p.predict = lambda enc, **kw: smooth if enc.key == encoded.key else original(enc, **kw)
+        elif case == "smooth" and "decode" not in vars(p.predictor):
+            p.predictor.decode = lambda enc, *a, **kw: smooth if enc.key == encoded.key else original(enc, *a, **kw)
             p.release_memory()
             worker.call(click_body(image_b64, *points[-1]))
+        set_format(worker, fmt)
+        run_clicks(worker, image_b64, points[:2])  # settle, not timed
         stages.clicks.clear()
         stages.click.clear()
         run_clicks(worker, image_b64, points[2:], stages)
-        breakdown[case] = list(stages.clicks)
+        breakdown[case, fmt] = list(stages.clicks)
 
     def derived(c):
         """Leaf stages of one click: nested timings unfolded, the rest as 'other'."""
         c = dict(c)
         # infer_json = request parsing + the interaction + writing the reply's JSON
         c["reply JSON"] = c.pop("infer_json") - c.pop("interaction") - c["request: JSON + base64"]
+        for name in ("mask run lengths (current)", "mask crop as text (legacy, fork)", "mask outline (legacy, fork)"):
+            c.setdefault(name, 0.0)
         # the decode (on a new file) and the pixel digest run inside the frame lookup: it is the leaf
         for name in ("image decode (PNG)", "encode: pixel digest + cache hit"):
             c.pop(name, None)
+        # the mask's encodings and outline are written with the reply's JSON: count them once
+        c["reply JSON"] -= sum(c[name] for name in ("mask run lengths (current)", "mask crop as text (legacy, fork)",
+                                                    "mask outline (legacy, fork)"))
         c["other"] = c["total"] - sum(v for k, v in c.items() if k != "total")
         return c
 
-    print(f"\nbreakdown, median ms per click (stages timed by wrapping them)")
-    print(f"{'stage':<34} {'noisy':>8} {'smooth':>8}")
-    rows = {case: [derived(c) for c in clicks] for case, clicks in breakdown.items()}
-    names = [n for n in rows["noisy"][0] if n not in ("other", "total")] + ["other", "total"]
-    for name in names:
-        row = [statistics.median(c.get(name, 0.0) for c in rows[case]) * 1000 for case in ("noisy", "smooth")]
-        print(f"{name:<34} {row[0]:>8.2f} {row[1]:>8.2f}")
+    print("\nbreakdown, median ms per click (stages timed by wrapping them)")
+    print(f"{'stage':<34} " + " ".join(f"{case + '/' + fmt:>15}" for case, fmt in columns))
+    rows = {key: [derived(c) for c in clicks] for key, clicks in breakdown.items()}
+    names = []
+    for clicks in rows.values():
+        names += [n for n in clicks[0] if n not in names and n not in ("other", "total")]
+    for name in names + ["other", "total"]:
+        row = [statistics.median(c.get(name, 0.0) for c in rows[key]) * 1000 for key in columns]
+        print(f"{name:<34} " + " ".join(f"{v:>15.2f}" for v in row))
 
 
 if __name__ == "__main__":

@@ -101,7 +101,9 @@ def bench_detector_on_layers(checkpoint, config, args, images):
     for poly in (False, True):
         times = []
         for _ in range(args.runs):
-            dt, shapes = seconds(lambda: fn.annotations(p.regions(encoded, prediction=layers), poly))
+            # masks: one per layer; polygons: one per region (what detect() sends either way)
+            dt, shapes = seconds(lambda: fn.annotations(
+                (p.regions if poly else p.layers)(encoded, prediction=layers), poly))
             times.append(dt)
         kind = "polygons" if poly else "masks"
         print(f"  detector after the model, on the sample's layer label map ({LABELS.name}), {kind}: "

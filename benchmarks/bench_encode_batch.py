@@ -4,7 +4,7 @@ call pay on this machine, and how much does it cost in memory?
     python benchmarks/bench_encode_batch.py [--frames 4] [--batches 1 2 4] [--threads 0]
 
 SAM 2.1 Hiera B+ with K=9 random weights (seed 0; the cost does not depend on the weights),
-through SemanticPredictor.encode_batch exactly as segment/evaluate use it, on the real
+through SemanticPredictor.encode_batch as segment and evaluate use it, on the real
 Spectralis B-scans of tests/data (repeated up to --frames). For each runtime and batch size: the
 seconds per frame of encoding --frames frames (feature cache off, one untimed call first), and
 the process's peak RSS growth during those calls. OpenVINO's conversion goes to a temporary

@@ -1,11 +1,14 @@
 """Fine-tuning figures: speed and memory per mode, a synthetic scanner shift, and real B-scans.
 
-    python benchmarks/bench_finetune.py [--threads 2] [--seeds 3] [--skip speed,shift,real]
+    python benchmarks/bench_finetune.py [--threads 2] [--seeds 3] [--skip speed,cache,shift,real]
 
 1. speed: optimiser steps per second and peak resident memory (each run in its own process) for
    every mode, on the tiny K=9 fixture at image_size 256 and on SAM 2.1 Hiera Base+ (K=9, random
    weights: the cost does not depend on them) at 1024, batch 1, 496x768 synthetic B-scans.
    Decoder mode also reports its one-off encoding time per B-scan (one view each here).
+1b. cache: decoder mode's peak resident memory (ru_maxrss) with a volume's worth of cached views
+   (--cache-scans B-scans x --cache-views views, the tiny K=9 fixture at its full 1024 input), the
+   memory that grows with the data: features plus label maps per view, targets built per step.
 2. shift: the tiny fixture is trained on synthetic "scanner A" B-scans (full, from scratch), then
    adapted with the defaults (LoRA) to "scanner B" (stronger speckle, lower contrast, more blur);
    held-out scanner-B layer mIoU before and after, mean +- sd over seeds (data and training seeds).
@@ -59,13 +62,14 @@ def mean_sd(values) -> str:
 
 # --- 1. speed and memory, one process per (model, mode) -------------------------------------------
 
-def speed_one(config: str, mode: str, steps: int, threads: int) -> dict:
+def speed_one(config: str, mode: str, steps: int, threads: int, scans: int = 2, views: int = 1) -> dict:
     """Runs in a child process: time `steps` steps after one warm-up step; peak RSS of the process."""
     from sam2oct.data.samples import Sample
 
     torch.set_num_threads(threads)
     model = load_model(TINY_CKPT, config) if config != "b+" else build_model(9).eval()
-    data = [Sample(f"s{i}.png", g, lab, None) for i, (g, lab) in enumerate(synthetic_set(2, 496, 768, SCANNER_A, 0))]
+    data = [Sample(f"s{i}.png", g, lab, None)
+            for i, (g, lab) in enumerate(synthetic_set(scans, 496, 768, SCANNER_A, 0))]
     times = []
     encode_s = None
     start = time.perf_counter()
@@ -73,7 +77,7 @@ def speed_one(config: str, mode: str, steps: int, threads: int) -> dict:
     def tick(step, loss, parts):
         times.append(time.perf_counter())
 
-    train(model, data, FinetuneOptions(mode=mode, steps=steps + 1, batch=1, views=1), callback=tick)
+    train(model, data, FinetuneOptions(mode=mode, steps=steps + 1, batch=1, views=views), callback=tick)
     if mode == "decoder":
         # Everything before the first step's end that is not a step: the one-off encoding.
         # per B-scan
@@ -100,6 +104,23 @@ def bench_speed(args, folder):
             enc = "-" if r["encode_once_s"] is None else f"{r['encode_once_s']:.2f} s"
             print(f"{label:<28}{mode:<9}{n:>6}{r['s_per_step']:>10.3f}{r['steps_per_s']:>10.2f}{enc:>18}"
                   f"{r['peak_rss_mib']:>8.0f} MiB", flush=True)
+
+
+def bench_cache(args, folder):
+    scans, views = args.cache_scans, args.cache_views
+    print(f"\n== 1b. decoder-mode cache: tiny K=9 @1024, {scans} B-scans (496x768) x {views} views, "
+          f"2 steps, batch 1, one process")
+    cmd = [sys.executable, __file__, "--speed-one", str(TINY_CONFIG), "decoder", "2", "--threads", str(args.threads),
+           "--scans", str(scans), "--views", str(views)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    if proc.returncode:
+        print(f"  failed: {proc.stderr.strip().splitlines()[-1:]}")
+        return
+    r = json.loads(proc.stdout.strip().splitlines()[-1])
+    per_view_target = 9 * 1024 * 1024 * 4 / 2**20
+    print(f"  peak RSS {r['peak_rss_mib']:.0f} MiB for {scans * views} cached views "
+          f"(a [K,1024,1024] float target per view would add {per_view_target:.0f} MiB each, "
+          f"{scans * views * per_view_target:.0f} MiB in all)", flush=True)
 
 
 # --- 2. synthetic scanner shift --------------------------------------------------------------------
@@ -182,11 +203,15 @@ def main():
     parser.add_argument("--b-images", type=int, default=16)
     parser.add_argument("--held-out", type=int, default=8)
     parser.add_argument("--real-steps", type=int, default=300)
+    parser.add_argument("--cache-scans", type=int, default=32, help="1b: B-scans cached (default: %(default)s)")
+    parser.add_argument("--cache-views", type=int, default=3, help="1b: views per B-scan (default: %(default)s)")
     parser.add_argument("--speed-one", nargs=3, metavar=("CONFIG", "MODE", "STEPS"), help=argparse.SUPPRESS)
+    parser.add_argument("--scans", type=int, default=2, help=argparse.SUPPRESS)
+    parser.add_argument("--views", type=int, default=1, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.speed_one:
         config, mode, steps = args.speed_one
-        print(json.dumps(speed_one(config, mode, int(steps), args.threads)))
+        print(json.dumps(speed_one(config, mode, int(steps), args.threads, args.scans, args.views)))
         return
     torch.set_num_threads(args.threads)
     print(f"bench_finetune: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
@@ -196,6 +221,8 @@ def main():
         folder = Path(tmp)
         if "speed" not in skip:
             bench_speed(args, folder)
+        if "cache" not in skip:
+            bench_cache(args, folder)
         if "shift" not in skip:
             bench_shift(args, folder)
         if "real" not in skip:

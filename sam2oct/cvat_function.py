@@ -12,8 +12,7 @@ Everything else is the pipeline's; this module only translates between cvat-sdk'
 from __future__ import annotations
 
 import logging
-import os
-from dataclasses import MISSING, dataclass, fields
+from dataclasses import MISSING, dataclass, fields, replace
 
 import cvat_sdk.auto_annotation as cvataa
 import numpy as np
@@ -23,7 +22,9 @@ from cvat_sdk.masks import decode_mask, encode_mask
 from sam2oct.geometry import polygons
 from sam2oct.serving import cvat_request
 from sam2oct.errors import ConfigError, RequestError, Sam2OctError, describe
-from sam2oct.pipeline.options import OPTION_ENV, OPTION_HELP, PipelineOptions
+from sam2oct.logs import option_names
+from sam2oct.model.discovery import find_checkpoint
+from sam2oct.pipeline.options import NUCLIO_ONLY, OPTION_ENV, OPTION_HELP, PipelineOptions
 from sam2oct.pipeline.pipeline import Pipeline
 
 try:
@@ -39,14 +40,17 @@ except ImportError:  # the SDK alone (cvat_sdk.auto_annotation.annotate_task cal
     class _CliShowsMessage(Exception):
         pass
 
-log = logging.getLogger("sam2oct")
+log = logging.getLogger(__name__)
 
 KINDS = ("detector", "interactor", "tracker")
 CHECKPOINT_ENV = OPTION_ENV["checkpoint"]
+# The options cvat-cli can set: all but the Nuclio function's own (its reply format: for cvat-cli
+# functions cvat-sdk writes the reply).
+_OPTIONS = tuple(name for name in PipelineOptions.names() if name not in NUCLIO_ONLY)
 # -p name -> one line of help; the README's table and the refusal of unknown names use these.
 PARAMETERS = {"kind": f"{', '.join(KINDS)} (default detector): what the function does",
-              **{name: OPTION_HELP[name] for name in PipelineOptions.names()}}
-PARAMETER_NAMES = {name: f"-p {name}" for name in PipelineOptions.names()}  # errors.describe's names
+              **{name: OPTION_HELP[name] for name in _OPTIONS}}
+PARAMETER_NAMES = {name: f"-p {name}" for name in _OPTIONS}  # errors.describe's names
 _DEFAULTS = {f.name: f.default for f in fields(PipelineOptions) if f.default is not MISSING}
 
 
@@ -82,17 +86,18 @@ def create(**params):
             raise ParameterError(f"-p {name}: {value!r} is text, and {name} is a number: write "
                                  f"-p {name}={parameter_type(name)}:{value}", option=name)
     names = dict(PARAMETER_NAMES)
-    if not params.get("checkpoint"):
-        params["checkpoint"] = os.environ.get(CHECKPOINT_ENV) or None
-        names["checkpoint"] = (f"{CHECKPOINT_ENV} (no -p checkpoint given)" if params["checkpoint"]
-                               else f"-p checkpoint=str:PATH (or {CHECKPOINT_ENV})")
     try:
         options = PipelineOptions(**params)
-        function = {"detector": Detector, "interactor": Interactor, "tracker": Tracker}[kind](options)
+        if not options.checkpoint:  # $SAM2_CHECKPOINT, else ./models, else the Hugging Face cache
+            names["checkpoint"] = f"-p checkpoint=str:PATH (or {CHECKPOINT_ENV})"
+            found = find_checkpoint(profile=options.profile, env_var=CHECKPOINT_ENV)
+            if found.source == "env":
+                names["checkpoint"] = f"{CHECKPOINT_ENV} (no -p checkpoint given)"
+            options = replace(options, checkpoint=found.path, profile=found.profile or options.profile)
+        with option_names(names):  # the pipeline's warnings name -p parameters
+            function = {"detector": Detector, "interactor": Interactor, "tracker": Tracker}[kind](options)
     except Sam2OctError as exc:  # the same error, in this front door's names
         raise ParameterError(describe(exc, names), option=exc.option) from exc
-    for message, option in function.pipeline.warnings:
-        log.warning("sam2-oct: %s: %s", names.get(option, option), message)
     return function
 
 
@@ -181,7 +186,8 @@ def shape_mask(shape_type: str, points, height: int, width: int) -> np.ndarray:
 # --- detector -------------------------------------------------------------------------------
 
 class Detector(_Function):
-    """Every connected region of every layer, as a mask (or a polygon with --conv-mask-to-poly)."""
+    """The cleaned label map: one mask per layer per frame (a CVAT mask may hold several parts),
+    or with --conv-mask-to-poly one polygon per layer region."""
 
     def __init__(self, options: PipelineOptions):
         super().__init__(options)
@@ -192,11 +198,16 @@ class Detector(_Function):
     def detect(self, context, image) -> list:
         p = self.pipeline
         gray = read_frame(p, image, context.frame_name)
-        return self.annotations(p.regions(p.encode(gray), context.conf_threshold), context.conv_mask_to_poly)
+        encoded = p.encode(gray)
+        # cvat-sdk tells whether the shapes become polygons (the driver then refuses masks)
+        if context.conv_mask_to_poly:
+            return self.annotations(p.regions(encoded, context.conf_threshold), True)
+        return self.annotations(p.layers(encoded, context.conf_threshold))
 
     @staticmethod
     def annotations(regions, conv_mask_to_poly: bool = False) -> list:
-        """Pipeline regions as cvat-sdk shapes: label id = class channel, score = mean class probability."""
+        """Pipeline regions (or layers) as cvat-sdk shapes: label id = class channel, score = mean
+        class probability; masks are the pixels of the cleaned label map exactly."""
         if conv_mask_to_poly:
             return [cvataa.polygon(r.class_index, polygons.flatten_points(r.points), score=r.score)
                     for r in regions]
@@ -257,7 +268,7 @@ class Tracker(_FrameFunction):
         mask = shape_mask(shape.type, shape.points, h, w)
         if not mask.any():
             raise RequestRefused(f"the {shape.type} shape covers no pixel of the {w}x{h} frame")
-        label_map = p.predict(p.encode(pp_image.gray)).label_map
+        label_map = p.label_map(p.encode(pp_image.gray))
         counts = np.bincount(label_map[mask], minlength=p.num_classes)
         counts[0] = 0  # background is not a layer to follow
         if not counts.any():

@@ -12,6 +12,17 @@ TINY_CONFIG = PARITY_DIR / "tiny_k9.yaml"
 DATA = ROOT / "tests" / "data"
 
 
+@pytest.fixture(autouse=True)
+def empty_hub_cache(monkeypatch, tmp_path_factory):
+    """Checkpoint discovery ends in the Hugging Face cache: the tests' is an empty folder of their
+    own, never the machine's (a test that fills one points HF_HUB_CACHE elsewhere)."""
+    import huggingface_hub.constants
+
+    empty = str(tmp_path_factory.getbasetemp() / "hf-hub-cache-empty")
+    monkeypatch.setenv("HF_HUB_CACHE", empty)  # a subprocess's huggingface_hub reads it at import
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", empty)  # this process's read it already
+
+
 @pytest.fixture(scope="session")
 def tiny_model():
     from sam2oct.model.checkpoint import load_model

@@ -126,16 +126,15 @@ class Worker:
 def cache_mb_for(entries: int, frame: bytes, *, detector=False) -> str:
     """SAM2OCT_CACHE_MB that holds exactly ``entries`` frames the size of ``frame``.
 
-    The cache is bounded in bytes; a frame's entry is its features plus the memoised unprompted
-    prediction (with the detector's confidence map when ``detector``), the same for every frame
-    of one size. Half an entry of slack keeps the bound between ``entries`` and ``entries + 1``.
+    The cache is bounded in bytes; a frame's entry is its features, the memoised unprompted
+    prediction (with the detector's confidence map when ``detector``) and the frame's results
+    (cleaned label map, shapes), plus the grey frame kept by its file's digest: about the same for
+    every frame of one size. Half an entry of slack keeps the bound between ``entries`` and
+    ``entries + 1``.
     """
-    from sam2oct.geometry.images import read_image
-
-    predictor = Worker().model.predictor
-    encoded = predictor.encode(read_image(frame))
-    predictor.decode(encoded, confidence=detector)
-    return repr((entries + 0.5) * encoded.nbytes / (1 << 20))
+    worker = Worker(SAM2OCT_MODE="detector") if detector else Worker()
+    assert worker.call({"image": b64(frame)}).status == 200
+    return repr((entries + 0.5) * worker.model.predictor.cache.nbytes / (1 << 20))
 
 
 def start_failure(**env) -> tuple[BaseException, RecordingLogger]:
@@ -196,10 +195,15 @@ def _is_int(v):
 
 
 def check_interactor(reply: Reply, width, height, labels=NR206_NAMES):
-    """Stock CVAT's interactor fields (and the fork's shapes) are well-formed and consistent."""
+    """The interactor's reply is well-formed and consistent: CVAT 2.60+'s mask shapes (the default
+    format), or stock CVAT's legacy fields (and the fork's polygon shapes)."""
     assert reply.status == 200, reply
     obj = reply.json
     assert isinstance(obj, dict)
+    assert set(obj["labels"]) <= set(labels[1:])
+    if "mask" not in obj:
+        _check_mask_shapes(obj, width, height)
+        return
     mask, bounds = obj["mask"], obj["bounds"]
     assert isinstance(bounds, list) and len(bounds) == 4 and all(map(_is_int, bounds)), bounds
     xtl, ytl, xbr, ybr = bounds
@@ -216,12 +220,29 @@ def check_interactor(reply: Reply, width, height, labels=NR206_NAMES):
     assert isinstance(pts, list) and len(pts) >= 3
     for x, y in pts:
         assert 0 <= x <= width and 0 <= y <= height, (x, y)
-    for shape in obj["shapes"]:
+    for shape in obj.get("shapes", []):
         assert shape["type"] == "polygon" and shape["label"] in labels[1:]
         assert len(shape["points"]) >= 3
         for x, y in shape["points"]:
             assert 0 <= x <= width and 0 <= y <= height
-    assert set(obj["labels"]) <= set(labels[1:])
+
+
+def _check_mask_shapes(obj, width, height):
+    """CVAT 2.60+'s interactor reply: mask shapes (run lengths over a tight box), or none and why."""
+    shapes = obj["shapes"]
+    assert isinstance(shapes, list) and len(shapes) <= 1
+    if not shapes:
+        assert obj["reason"] and not obj["labels"], obj
+    for shape in shapes:
+        assert set(shape) == {"type", "points", "attributes", "group", "occluded", "rotation", "source"}
+        assert shape["type"] == "mask" and shape["source"] == "semi-auto"
+        (conf,) = shape["attributes"]
+        assert conf["spec_id"] == 0 and 0 <= float(conf["value"]) <= 1
+        *runs, x1, y1, x2, y2 = shape["points"]
+        assert all(map(_is_int, shape["points"]))
+        assert 0 <= x1 <= x2 < width and 0 <= y1 <= y2 < height
+        assert len(runs) >= 2 and runs[1] > 0 and min(runs) >= 0 and min(runs[1:]) > 0
+        assert sum(runs) == (x2 - x1 + 1) * (y2 - y1 + 1)
 
 
 def check_detector(reply: Reply, width, height, labels=NR206_NAMES):
@@ -253,8 +274,15 @@ def vm_kib(field="VmRSS") -> int:
         return int(re.search(rf"^{field}:\s+(\d+) kB", f.read(), re.M).group(1))
 
 
+SUMMARY_DIR_ENV = "SAM2OCT_SUMMARY_DIR"
+
+
 def write_summary(name: str, line: str) -> None:
-    """Keep a suite's summary line under out/reliability/ (scripts/reliability_report.py reads them)."""
-    folder = ROOT / "out" / "reliability"
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / f"{name}.txt").write_text(line + "\n")
+    """Print a suite's summary line and, when $SAM2OCT_SUMMARY_DIR names a folder (as
+    scripts/reliability_report.py sets it), keep it there as <name>.txt. A plain test run
+    writes nothing into the repository."""
+    print("\n" + line)
+    folder = os.environ.get(SUMMARY_DIR_ENV)
+    if folder:
+        Path(folder).mkdir(parents=True, exist_ok=True)
+        (Path(folder) / f"{name}.txt").write_text(line + "\n")

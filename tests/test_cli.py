@@ -26,7 +26,8 @@ from sam2oct import cli
 from sam2oct.cli import flags
 from sam2oct.model.checkpoint import build_model, load_model
 from sam2oct.errors import CheckpointError
-from sam2oct.model.hub import stored_checkpoint, stored_key
+from sam2oct.model.discovery import find_checkpoint
+from sam2oct.model.hub import stored_key
 from sam2oct.pipeline.options import OPTION_HELP, PipelineOptions
 from sam2oct.geometry.polygons import label_map_to_shapes
 from sam2oct.model.predictor import SemanticPredictor
@@ -104,7 +105,8 @@ def test_segment_writes_json_and_overlay(small_scans, tmp_path):
 def test_segment_shapes_follow_the_pipeline_defaults(small_scans, capsys):
     """No --simplify/--min-area: the polygons are those of PipelineOptions' defaults (one place)."""
     image = small_scans[1]
-    assert cli.main(["segment", str(image), *TINY]) == 0
+    # torch, as the reference below (precision auto may run bf16 through OpenVINO on this CPU)
+    assert cli.main(["segment", str(image), *TINY, "--runtime", "torch"]) == 0
     doc = json.loads(capsys.readouterr().out)
     gray = np.asarray(Image.open(image).convert("L"), dtype=np.float32) / 255
     label_map = SemanticPredictor(load_model(TINY_CKPT, TINY_CONFIG)).predict(gray).label_map
@@ -112,7 +114,7 @@ def test_segment_shapes_follow_the_pipeline_defaults(small_scans, capsys):
     expected = label_map_to_shapes(label_map, NR206, tolerance=defaults.simplify, min_area=defaults.min_area)
     assert doc["shapes"] == json.loads(json.dumps(expected))
     exact = label_map_to_shapes(label_map, NR206, tolerance=0, min_area=0)
-    assert cli.main(["segment", str(image), *TINY, "--simplify", "0", "--min-area", "0"]) == 0
+    assert cli.main(["segment", str(image), *TINY, "--runtime", "torch", "--simplify", "0", "--min-area", "0"]) == 0
     assert json.loads(capsys.readouterr().out)["shapes"] == json.loads(json.dumps(exact))
 
 
@@ -247,25 +249,29 @@ def store(models: Path, profile: str, source=TINY_CKPT) -> Path:
 def test_stored_checkpoint_lookup(tmp_path):
     models = tmp_path / "models"
     with pytest.raises(CheckpointError) as none:
-        stored_checkpoint(models)
+        find_checkpoint(models_dir=models)
     assert none.value.option == "checkpoint"
     assert f"python -m sam2oct download nr206 --models-dir {models}" in str(none.value)
 
+    def found(profile=None):
+        f = find_checkpoint(profile=profile, models_dir=models)
+        return Path(f.path), f.profile
+
     nr206 = store(models, "nr206")
-    assert stored_checkpoint(models) == (nr206, "nr206")
-    assert stored_checkpoint(models, "nr206") == (nr206, "nr206")
+    assert found() == (nr206, "nr206")
+    assert found("nr206") == (nr206, "nr206")
     with pytest.raises(CheckpointError) as other:
-        stored_checkpoint(models, "mgu")  # only another profile's is there: fetch this one
+        found("mgu")  # only another profile's is there: fetch this one
     assert f"python -m sam2oct download mgu --models-dir {models}" in str(other.value) and str(nr206) in str(other.value)
 
     mgu = store(models, "mgu")
     with pytest.raises(CheckpointError) as several:
-        stored_checkpoint(models)
+        found()
     assert several.value.option == "profile"  # the front door names its profile setting
     assert str(nr206) in str(several.value) and str(mgu) in str(several.value)
-    assert stored_checkpoint(models, "mgu") == (mgu, "mgu")
+    assert found("mgu") == (mgu, "mgu")
     nr206.unlink()  # recorded once, gone now: not offered
-    assert stored_checkpoint(models) == (mgu, "mgu")
+    assert found() == (mgu, "mgu")
 
 
 def test_segment_finds_the_downloaded_checkpoint(small_scans, tmp_path, capsys):
@@ -409,3 +415,119 @@ def test_bad_arguments_exit_2_in_one_line(argv, words, capsys):
     assert err.startswith("error: ") and err.count("\n") == 1 and "--help" in err, err
     for word in words:
         assert word in err
+
+
+# --- every command checks every output path before the model loads (issue 15, defect 3) ----------
+
+EXPORT = ROOT / "tests" / "data" / "cvat-export" / "synthetic_cvat_for_images_1.1.zip"
+
+
+@pytest.mark.parametrize("command", [
+    ["evaluate", EXPORT, *TINY, "--json", "{tmp}/afile/report.json"],
+    ["finetune", EXPORT, *TINY, "--out", "{tmp}/afile/out.pt"],
+    ["finetune", EXPORT, *TINY, "--out", "{tmp}/out.pt", "--report", "{tmp}/afile/r.json"],
+    ["convert", TINY_CKPT, "{tmp}/afile/out.pt", "--config", TINY_CONFIG],
+    ["download", "nr206", "--models-dir", "{tmp}/afile/models"],
+])
+def test_every_output_path_is_checked_before_the_model_loads(command, tmp_path, capsys, monkeypatch, no_model):
+    monkeypatch.setattr(sam2oct.model.hub, "read_state_dict", lambda *a: pytest.fail("the checkpoint was read"))
+    monkeypatch.setattr("huggingface_hub.HfApi.model_info", lambda *a, **k: pytest.fail("the hub was asked"))
+    (tmp_path / "afile").write_text("a file, not a folder")
+    argv = [str(a).format(tmp=tmp_path) for a in command]
+    one_line_error(capsys, argv, f"{tmp_path / 'afile'} is a file")
+
+
+def test_evaluate_json_into_a_missing_folder_is_written(tmp_path, capsys):
+    out = tmp_path / "new" / "folder" / "report.json"
+    assert cli.main(["evaluate", str(EXPORT), *TINY, "--json", str(out)]) == 0
+    assert json.loads(out.read_text())["images"] == 3
+    assert [p.name for p in out.parent.iterdir()] == ["report.json"]  # no partial file left behind
+
+
+# --- download with the hub unreachable: one line and the way on (issue 15, defect 8) ---------------
+
+def _transport_module():
+    """The HTTP library huggingface_hub raises from (httpx, or its renamed fork), found through it."""
+    import importlib
+
+    from huggingface_hub.errors import HTTPError
+
+    return importlib.import_module(HTTPError.__module__.split(".")[0])
+
+
+def _hub_failures():
+    from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError, OfflineModeIsEnabled
+
+    http = _transport_module()
+    request = http.Request("GET", "https://huggingface.co/api/models/enslinr/sam2-oct/revision/main")
+    return {
+        "refused": (http.ConnectError("[Errno 111] Connection refused", request=request), "could not be reached"),
+        "dns": (http.ConnectError("[Errno -3] Temporary failure in name resolution", request=request),
+                "could not be reached"),
+        "timeout": (http.ReadTimeout("timed out", request=request), "could not be reached"),
+        "offline": (OfflineModeIsEnabled("Cannot reach https://huggingface.co/api/models: offline mode is enabled."),
+                    "HF_HUB_OFFLINE"),
+        "after retries": (LocalEntryNotFoundError("An error happened while trying to locate the file on the Hub"),
+                          "could not be reached"),
+        "503": (HfHubHTTPError("503 Server Error: Service Unavailable",
+                               response=http.Response(503, request=request)), "HTTP 503"),
+    }
+
+
+@pytest.mark.parametrize("case", ["refused", "dns", "timeout", "offline", "after retries", "503"])
+@pytest.mark.parametrize("where", ["model_info", "hf_hub_download"])
+def test_download_with_the_hub_unreachable_is_one_line_with_the_way_on(case, where, tmp_path, capsys, monkeypatch):
+    import huggingface_hub
+
+    exc, words = _hub_failures()[case]
+
+    class Hub:  # answers until `where`, which raises what huggingface_hub raises there
+        def model_info(self, repo, revision=None):
+            if where == "model_info":
+                raise exc
+            return type("Info", (), {"sha": "a" * 40})()
+
+        def get_paths_info(self, repo, paths, revision=None, expand=False):
+            return [type("Path", (), {"lfs": type("Lfs", (), {"sha256": "b" * 64})()})()]
+
+    def hf_hub_download(*a, **k):
+        raise exc
+
+    monkeypatch.setattr(huggingface_hub, "HfApi", Hub)
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", hf_hub_download)
+    err = one_line_error(capsys, ["download", "nr206", "--models-dir", tmp_path / "models"], words,
+                         env_names_ok=True)
+    if case != "503":  # the hub answered: no offline advice, it is not a network problem
+        assert "--checkpoint" in err and "SAM2_CHECKPOINT" in err and "HF_ENDPOINT" in err, err
+        assert "final_runs_NR206_last.pt" in err
+    assert not list((tmp_path / "models").rglob("*.pt")) and not (tmp_path / "models" / "checksums.json").exists()
+
+
+def test_download_from_an_unreachable_endpoint_through_the_entry_point(tmp_path):
+    proc = run_cli("download", "nr206", "--models-dir", tmp_path / "models", HF_ENDPOINT="http://127.0.0.1:9",
+                   HF_HUB_OFFLINE="0")
+    assert proc.returncode == 2 and proc.stdout == "", proc.stderr
+    assert proc.stderr.startswith("error: the Hugging Face hub (http://127.0.0.1:9) could not be reached (")
+    assert proc.stderr.count("\n") == 1 and "Traceback" not in proc.stderr
+    assert "--checkpoint" in proc.stderr and "HF_ENDPOINT" in proc.stderr
+
+
+# --- evaluate and finetune warn about 16-bit frames cut to 8 bits (issue 19, trip 2) -----------------
+
+def test_evaluate_and_finetune_warn_about_an_export_cut_to_8_bits(tmp_path, capsys, monkeypatch):
+    import sam2oct.cli.evaluate
+    from test_datasets import _sixteen_bit, _smask_zip
+
+    cut = ((_sixteen_bit() >> 4) % 256).astype(np.uint8)
+    export = _smask_zip(tmp_path / "cut.zip", {"v_000": cut, "v_001": cut})
+    names = ["--class-names", "background,A,B,Fluid,d,e,f,g,h"]
+    monkeypatch.setattr(sam2oct.cli.evaluate, "_label_map_predictors",
+                        lambda options, modes, **kw: {m: (lambda grays: [np.zeros(g.shape, np.uint8) for g in grays])
+                                                      for m in modes})
+    assert cli.main(["evaluate", str(export), *TINY, *names]) == 0
+    warnings = [line for line in capsys.readouterr().err.splitlines() if line.startswith("warning: ")]
+    assert len(warnings) == 1 and "2 of 2 images" in warnings[0] and "CVAT for images 1.1" in warnings[0]
+    # finetune reads the data the same way (here it then stops: one volume cannot be split)
+    code = cli.main(["finetune", str(export), *TINY, *names, "--out", str(tmp_path / "o.pt"), "--val-fraction", "0.5"])
+    err = capsys.readouterr().err
+    assert code == 2 and [line for line in err.splitlines() if line.startswith("warning: ")] == warnings

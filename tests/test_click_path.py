@@ -3,7 +3,7 @@
 - Pipeline.encode_file keeps the last few files' grey frames by the file's digest, so a frame
   CVAT sends again with every click is not decoded again;
 - ModelHandler.infer_json serialises each traced shape once and the mask crop from its array;
-  its text is byte for byte json.dumps(infer(body)).
+  its text is byte for byte json.dumps(infer(body)), in every reply format.
 """
 
 import json
@@ -14,8 +14,9 @@ from PIL import Image
 
 from conftest import ROOT
 from harness import Worker, b64, encode
-from model_handler import _mask_json
+from sam2oct.errors import RequestError
 from sam2oct.pipeline.pipeline import Pipeline
+from sam2oct.serving.replies import crop_json
 
 SYNTH = ROOT / "tests" / "data" / "bscan_768x496_s1.png"
 
@@ -27,7 +28,7 @@ def frame():
 
 @pytest.fixture(scope="module")
 def worker():
-    return Worker()
+    return Worker(SAM2OCT_CVAT_UI="cvat-oct")  # the fork's replies: the polygons are the big part
 
 
 def click(data, pos, neg=(), **extra):
@@ -62,7 +63,23 @@ def test_mask_text_is_json_dumps_of_the_nested_lists(h, w):
     rng = np.random.default_rng(h * 1000 + w)
     for crop in (rng.random((h, w)) > 0.5, np.ones((h, w), bool), np.zeros((h, w), np.uint8),
                  rng.integers(0, 2, (h, w)).astype(np.uint8)[:, ::-1]):  # also a strided view
-        assert _mask_json(crop) == json.dumps(np.asarray(crop, dtype=np.uint8).tolist())
+        assert crop_json(crop) == json.dumps(np.asarray(crop, dtype=np.uint8).tolist())
+
+
+@pytest.mark.parametrize("cvat_ui", ["current", "legacy"])
+def test_reply_text_is_json_dumps_of_the_reply_in_other_formats(frame, cvat_ui):
+    model = Worker(SAM2OCT_CVAT_UI=cvat_ui).model
+    data = encode(frame)
+    for body in (click(data, [(96, 60)]), click(data, [(40, 70)], [(96, 60)], threshold=0.4)):
+        assert model.infer_json(body) == json.dumps(model.infer(body))
+    nothing = click(data, [(96, 60)], [(96, 60)])  # the negative click removes what the positive picks
+    if cvat_ui == "current":
+        assert model.infer_json(nothing) == json.dumps(model.infer(nothing))
+        assert json.loads(model.infer_json(nothing))["shapes"] == []
+    else:  # the legacy UI needs a mask: both paths refuse alike
+        for path in (model.infer_json, model.infer):
+            with pytest.raises(RequestError, match="negative click"):
+                path(nothing)
 
 
 def test_detector_reply_text_is_json_dumps_of_the_reply(frame):
@@ -88,7 +105,9 @@ def test_shape_texts_live_and_leave_with_the_frames_cached_shapes(worker, frame)
     assert model.infer_json(boxed) == json.dumps(model.infer(boxed))
     assert len(cached.memo["json"]) == len(cached.shapes)  # the box's own shapes were not kept
     p.release_memory()
-    assert p.cached_shapes(encoded) is None
+    # the texts lived in the frame's one cache entry (with its features): gone with it
+    again = p.encode(p.read_image(png))
+    assert again is not encoded and p.cached_shapes(again) is None
 
 
 def test_a_frame_sent_again_is_not_decoded_again(worker, frame, monkeypatch):
@@ -106,7 +125,7 @@ def test_a_frame_sent_again_is_not_decoded_again(worker, frame, monkeypatch):
     other_file = encode(frame, optimize=True)
     assert other_file != png
     assert p.encode_file(other_file) is first and len(decoded) == 2 and p.predictor.encoder_calls == calls + 1
-    # one feature-cache lookup per frame asked for, as before
+    # one feature-cache lookup per frame asked for, as before (a file's lookup is not counted)
     assert p.predictor.cache.hits + p.predictor.cache.misses == lookups + 3
     # features dropped: the file is read and encoded again
     p.release_memory()

@@ -531,3 +531,87 @@ def test_split_by_volume_needs_two_volumes():
     for seed in range(5):  # a small fraction never takes the big volume
         train, val = split_by_volume(fake_dataset([("big", 20), ("b", 2), ("c", 3)]), 0.05, seed)
         assert {s.volume for s in val.samples} == {"b"}
+
+
+@pytest.mark.parametrize("n_classes", [1, 2, 256, 257, 65536, 65537, 70000])
+def test_label_dtype_holds_every_class_index(n_classes):
+    """Issue 15, defect 10: 70000 classes in uint16 wrapped indices above 65535 round to small ones."""
+    from sam2oct.data.samples import label_dtype
+
+    dtype = label_dtype(n_classes)
+    assert np.iinfo(dtype).max >= n_classes - 1
+    assert int(np.array(n_classes - 1).astype(dtype)) == n_classes - 1  # the last class survives the cast
+    assert np.dtype(dtype).itemsize <= max(1, np.dtype(np.min_scalar_type(n_classes - 1)).itemsize * 2)
+
+
+def test_label_dtype_refuses_what_no_label_map_holds():
+    from sam2oct.data.samples import label_dtype
+
+    for n in (0, -3, 2**32 + 1):
+        with pytest.raises(ValueError, match=str(n)):
+            label_dtype(n)
+
+
+def test_rasterize_paints_a_class_index_above_65535():
+    names = [f"c{k}" for k in range(70000)]
+    square = {"type": "polygon", "label": "c69999", "points": [1, 1, 5, 1, 5, 5, 1, 5]}
+    labels = rasterize([square], 8, 8, names)
+    assert labels.max() == 69999 and (labels == 69999).sum() == 16
+
+
+# --- 16-bit frames cut to 8 bits by "Segmentation mask 1.1" (issue 19, trip 2) -------------------------
+
+SAMPLE_16 = DATA / "bscan_768x496_s1_16bit.png"  # the 16-bit synthetic sample
+TWIN_8 = DATA / "bscan_768x496_s1.png"
+SPECTRALIS_8 = DATA / "spectralis" / "Willis_B_716_0_bscan_u8.png"
+
+
+def _sixteen_bit():
+    return np.asarray(Image.open(SAMPLE_16), dtype=np.int64)
+
+
+def test_cut_frames_are_told_from_8_bit_ones():
+    from sam2oct.data.segmentation_mask import looks_cut_to_8_bits
+
+    v16 = _sixteen_bit()
+    twin = np.asarray(Image.open(TWIN_8), dtype=np.int64)
+    # This sample is its 8-bit twin times 257, so mod 256 gives the twin back exactly: nothing
+    # was lost, and nothing may be said.
+    assert np.array_equal(v16 % 256, twin)
+    assert not looks_cut_to_8_bits(twin / 255) and not looks_cut_to_8_bits((v16 % 256) / 255)
+    assert not looks_cut_to_8_bits(np.asarray(Image.open(SPECTRALIS_8), dtype=np.float64) / 255)
+    # The same frames as scanners store them, 10-, 12- and 14-bit data in 16-bit files, cut mod 256.
+    for bits in (10, 12, 14):
+        assert looks_cut_to_8_bits(((v16 >> (16 - bits)) % 256) / 255), bits
+        spectralis = np.asarray(Image.open(SPECTRALIS_8), dtype=np.int64) * (2**bits - 1) // 255
+        assert looks_cut_to_8_bits((spectralis % 256) / 255), bits
+        # ...and the frame itself, read as CVAT for images keeps it (16-bit, scaled), is not judged cut
+        assert not looks_cut_to_8_bits((v16 >> (16 - bits)) / (2**bits - 1))
+
+
+def _smask_zip(path, frames):
+    """A Segmentation mask 1.1 export of real-sized frames {name: 8-bit array}, one layer band each."""
+    members = {"labelmap.txt": LABELMAP, "ImageSets/Segmentation/default.txt": "\n".join(frames) + "\n"}
+    for name, frame in frames.items():
+        index = np.zeros(frame.shape, np.uint8)
+        index[200:260] = 1
+        members[f"SegmentationClass/{name}.png"] = png_bytes(COLOURS[index])
+        members[f"JPEGImages/{name}.png"] = png_bytes(frame.astype(np.uint8))
+    return write_zip(path, members)
+
+
+def test_a_segmentation_mask_export_of_cut_frames_is_warned_about_once(tmp_path, caplog):
+    v16 = _sixteen_bit()
+    cut = ((v16 >> 4) % 256).astype(np.uint8)
+    twin = np.asarray(Image.open(TWIN_8))
+    with caplog.at_level("WARNING", logger="sam2oct"):
+        ds = load(_smask_zip(tmp_path / "cut.zip", {"v_000": cut, "v_001": cut, "v_002": twin}))
+    assert len(ds.samples) == 3
+    (record,) = [r for r in caplog.records if r.name.startswith("sam2oct")]
+    message = record.getMessage()
+    assert "2 of 3 images" in message and "JPEGImages/v_000.png" in message
+    assert "mod 256" in message and "'CVAT for images 1.1'" in message
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="sam2oct"):
+        load(_smask_zip(tmp_path / "fine.zip", {"v_000": twin}))
+    assert not [r for r in caplog.records if r.name.startswith("sam2oct")]

@@ -346,7 +346,13 @@ def test_platform_attributes(rel):
     attrs = load(rel)["spec"]["platform"]["attributes"]
     assert restart_policy_problems(attrs) == []
     assert attrs["mountMode"] == "volume"
+
+
+@pytest.mark.docs
+@pytest.mark.parametrize("rel", FUNCTION_FILES)
+def test_deploy_doc_states_the_restart_policy(rel):
     # docs/deploy.md's table states the policy the files set
+    attrs = load(rel)["spec"]["platform"]["attributes"]
     name = attrs["restartPolicy"]["name"]
     assert f"`restartPolicy: {name}` ({attrs['restartPolicy']['maximumRetryCount']} retries)" in \
         (ROOT / "docs/deploy.md").read_text()
@@ -614,6 +620,7 @@ def test_compose_override_timeout():
     assert set(services) == {"cvat_server", "cvat_worker_annotation"}, "a drop-in must not define new services"
 
 
+@pytest.mark.docs
 def test_readme_documents_every_env_var():
     rows = [line for line in (ROOT / "README.md").read_text().splitlines() if line.lstrip().startswith("|")]
     missing = [name for name in ENV_VARS if not any(re.search(rf"(?<![\w]){name}(?![\w])", r) for r in rows)]
@@ -847,6 +854,7 @@ def _bash_syntax_ok(block: str) -> subprocess.CompletedProcess:
     return subprocess.run(["bash", "-n"], input=block, text=True, capture_output=True, timeout=60)
 
 
+@pytest.mark.docs
 @pytest.mark.parametrize("rel", ["README.md", "docs/deploy.md", "docs/scale-out.md"])
 def test_documented_shell_blocks_parse(rel):
     blocks = fenced_blocks((ROOT / rel).read_text())
@@ -862,6 +870,7 @@ def _index(argvs, predicate, what):
     return hits[0]
 
 
+@pytest.mark.docs
 def test_readme_deploy_block_works_as_pasted():
     from sam2oct.cli import build_parser
 
@@ -914,6 +923,7 @@ def test_readme_deploy_block_works_as_pasted():
     assert argvs[compose][-2:] == ["up", "-d"]
 
 
+@pytest.mark.docs
 def test_readme_says_what_stock_cvat_does_first():
     section = markdown_section("README.md", "Using it in CVAT")
     first = section.split("\n\n")[1]
@@ -988,6 +998,7 @@ def cvat_cli_commands() -> list:
     return out
 
 
+@pytest.mark.docs
 def test_scale_out_cvat_cli_commands_parse():
     from cvat_cli._internal.commands_all import COMMANDS
     from cvat_cli._internal.common import configure_common_arguments
@@ -1007,6 +1018,7 @@ def test_scale_out_cvat_cli_commands_parse():
     assert {("create-native",), ("run-agent",)} <= seen
 
 
+@pytest.mark.docs
 def test_scale_out_k8s_commands_name_the_k8s_files():
     argvs = [a for block in fenced_blocks(SCALE_OUT.read_text()) for a in simple_commands(block)]
     deployed = set()
@@ -1022,6 +1034,7 @@ def test_scale_out_k8s_commands_name_the_k8s_files():
     assert deployed == set(K8S_FILES)
 
 
+@pytest.mark.docs
 def test_scale_out_parameters_are_those_of_the_cvat_function():
     module = pytest.importorskip("sam2oct.cvat_function", reason="sam2oct.cvat_function has not landed")
     parameters = inspect.signature(module.create).parameters
@@ -1040,6 +1053,7 @@ def _printed_lines() -> set:
     return lines
 
 
+@pytest.mark.docs
 def test_scale_out_quotes_benchmark_figures_as_printed():
     section = markdown_section("docs/scale-out.md", "3. What one replica serves: an estimate")
     assert "GPU figures are not measured here" in " ".join(section.split())
@@ -1061,6 +1075,7 @@ def _decimals(text: str) -> int:
     return len(text.split(".")[1]) if "." in text else 0
 
 
+@pytest.mark.docs
 def test_scale_out_estimate_is_computed_from_those_figures():
     section = markdown_section("docs/scale-out.md", "3. What one replica serves: an estimate")
     (block,) = re.findall(r"```\n(.*?)```", section, re.S)
@@ -1133,6 +1148,7 @@ def citation_problems(text: str) -> list:
     return problems
 
 
+@pytest.mark.docs
 def test_citation_check_catches_outside_references():
     assert citation_problems("see ../shared/spec/cvat-nuclio.md")
     assert citation_problems("facts from shared/spec/cvat-nuclio.md")
@@ -1144,6 +1160,7 @@ def test_citation_check_catches_outside_references():
     assert citation_problems("conftest.py, scripts/setup.sh, requirements.txt") == []
 
 
+@pytest.mark.docs
 @pytest.mark.parametrize("path", sorted((ROOT / "tests").glob("*.py")), ids=lambda p: p.name)
 def test_tests_cite_only_files_in_the_repository(path):
     problems = [f"{path.name}:{line}: {p}" for line, text in docs_and_comments(path)

@@ -6,6 +6,7 @@ The tiny K=9 fixture runs at image_size 256 (a copy of its config), where a step
 a second on one CPU core.
 """
 
+import gc
 import json
 import os
 import subprocess
@@ -371,3 +372,37 @@ def test_real_spectralis_export_raises_held_out_miou(config256):
     train(model, training, FinetuneOptions(steps=60, seed=0, **FROM_SCRATCH))
     after = score(held, predictor_fn(model, "stretch"))["mean_iou"]
     assert after > before + 0.15, (before, after)
+
+
+def _live_tensor_bytes(last_dims) -> int:
+    """Bytes of the live tensors whose last two dimensions are ``last_dims`` (each storage once)."""
+    storages = {}
+    for obj in gc.get_objects():
+        if issubclass(type(obj), torch.Tensor) and obj.dim() >= 2 and tuple(obj.shape[-2:]) == last_dims:  # type(): isinstance warns on torch.distributed.reduce_op
+            storages[obj.untyped_storage().data_ptr()] = obj.untyped_storage().nbytes()
+    return sum(storages.values())
+
+
+def test_decoder_mode_holds_label_maps_not_float_targets_per_view(config256):
+    """Issue 15, defect 5: a [K,S,S] float target per cached view is ~40 MB at S=1024 (18 GiB for a
+    97-B-scan volume). While training, the S x S tensors alive are one step's, not every view's."""
+    model = tiny(config256)
+    k, size, batch, scans, views = model.num_classes, model.image_size, 1, 6, 3
+    data = samples(scans, SCANNER_A, 3)
+    gc.collect()
+    before = _live_tensor_bytes((size, size))  # what earlier tests left alive
+    seen = []
+    train(model, data, FinetuneOptions(mode="decoder", steps=2, batch=batch, views=views),
+          callback=lambda step, loss, parts: seen.append(_live_tensor_bytes((size, size)) - before))
+    one_step = batch * (k + 1) * size * size * 4  # the step's target and valid weight
+    every_view = scans * views * k * size * size * 4
+    assert seen and max(seen) < 3 * one_step < every_view, (seen, one_step, every_view)
+
+
+def test_resolved_checks_the_mode_first():
+    """Issue 15, defect 6: an unknown mode is a ConfigError that names the option, not a KeyError."""
+    from sam2oct.errors import ConfigError
+
+    with pytest.raises(ConfigError) as err:
+        FinetuneOptions(mode="adapters").resolved()
+    assert err.value.option == "mode" and "'adapters'" in str(err.value) and "lora" in str(err.value)

@@ -459,7 +459,6 @@ def test_zz_worker_alive_and_total(workers):
     cache = fns["interactor"].model.predictor.cache
     summary = (f"FUZZ SUMMARY: {sent} requests; by status {dict(sorted(tally.by_status.items()))}; "
                f"interactor cache {len(cache)} frames, {cache.hits} hits / {cache.misses} misses")
-    print("\n" + summary)
     write_summary("fuzz", summary)
     assert not any(s >= 500 for s in tally.by_status)
     assert sent >= MIN_REQUESTS, summary

@@ -1,5 +1,6 @@
 """The Nuclio function end to end (main.handler through nuclio_sdk's test Platform) with the tiny
-K=9 checkpoint: init, body forms, the stock-CVAT and CVAT-OCT interactor replies, the detector
+K=9 checkpoint: init, body forms, the interactor replies (CVAT 2.60+ by default, legacy and
+CVAT-OCT where they differ), the detector
 list, prompts on a prompted profile, errors and recovery.
 
 Ground truth is the model's own label map, read from the worker's predictor directly; every
@@ -22,7 +23,10 @@ from scipy import ndimage
 import model_handler
 import sam2oct.model.predictor
 from conftest import ROOT, TINY_CKPT
+from cvat_ui_rules import current_ui_draws
 from harness import Worker, b64, encode, wire
+from sam2oct.geometry.polygons import label_map_to_shapes, rasterize_shapes
+from sam2oct.geometry.merge import clean_label_map
 from sam2oct.geometry.images import read_image
 from sam2oct.errors import Sam2OctError
 
@@ -60,9 +64,15 @@ def interactor():
 
 
 @pytest.fixture(scope="module")
+def fork():
+    # the CVAT-OCT fork's replies: stock CVAT's legacy fields plus every layer's polygons
+    return Worker(SAM2OCT_CVAT_UI="cvat-oct")
+
+
+@pytest.fixture(scope="module")
 def exact():
     # no simplification, no merging: polygons reproduce the label map pixel for pixel
-    return Worker(SAM2OCT_SIMPLIFY="0", SAM2OCT_MIN_AREA="0")
+    return Worker(SAM2OCT_SIMPLIFY="0", SAM2OCT_MIN_AREA="0", SAM2OCT_CVAT_UI="cvat-oct")
 
 
 @pytest.fixture(scope="module")
@@ -86,8 +96,13 @@ def prediction(h, data):
     return h.model.predictor.predict(gray, confidence=True)
 
 
+def cleaned(h, label_map):
+    """A label map after the worker's min-area merge: the map every reply answers from."""
+    return clean_label_map(label_map, h.model.settings.options.min_area)
+
+
 def truth(h, data):
-    return prediction(h, data).label_map
+    return cleaned(h, prediction(h, data).label_map)
 
 
 def pixel_of(x, y, shape):
@@ -122,8 +137,13 @@ def expected_selection(lm, clicks):
 
 
 def stock_mask(reply, shape):
-    """Checks the fields stock CVAT reads (mask, bounds, points); returns the full-frame mask."""
+    """The full-frame mask CVAT draws for a reply: CVAT 2.60+'s rule for the default format (one mask
+    shape, confidence filter off: the tiny model is unsure), or the legacy fields (mask, bounds,
+    points), checked."""
     H, W = shape
+    if "mask" not in reply:
+        (drawn,) = current_ui_draws(reply, H, W, threshold=0)
+        return drawn
     mask, bounds = reply["mask"], reply["bounds"]
     assert isinstance(mask, list) and mask and all(isinstance(row, list) and row for row in mask)
     assert all(type(v) is int for row in mask for v in row)
@@ -262,7 +282,7 @@ def test_warm_up_runs_once_and_leaves_no_trace(monkeypatch, interactor, synth96)
     p = warm.model.predictor
     assert p.encoder_calls == 0 and len(p.cache) == 0
     assert warm.call({"image": b64(synth96)})[0] == 200
-    assert p.encoder_calls == 1 and len(p.cache) == 1
+    assert p.encoder_calls == 1 and p.cache.frames == 1 and len(p.cache) == 2  # + the file's grey frame
     # warm and cold workers answer the same
     assert warm.call({"image": b64(synth96)}) == interactor.call({"image": b64(synth96)})
 
@@ -387,16 +407,22 @@ def test_negative_click_removes_the_region_under_it(interactor, synth96):
     assert reply["ignored_clicks"] == [lost]
 
 
-def test_everything_removed_is_422(interactor, synth96):
+def test_everything_removed_answers_no_shape_or_422(interactor, fork, synth96):
     lm = truth(interactor, synth96)
     click = click_in(lm, 2)
-    status, reply = interactor.call({"image": b64(synth96), "pos_points": [click], "neg_points": [click]})
-    # the reason names what removed the layer, not background
+    body = {"image": b64(synth96), "pos_points": [click], "neg_points": [click]}
+    # CVAT 2.60+ takes no shapes ("No shapes to display"); the reason names what removed the layer
+    status, reply = interactor.call(body)
+    assert status == 200 and reply["shapes"] == [] and reply["labels"] == []
+    assert "negative click" in reply["reason"] and "background" not in reply["reason"]
+    # older UIs need a mask: 422, with the same reason
+    status, reply = fork.call(body)
     assert status == 422 and "negative click" in reply["error"] and "background" not in reply["error"]
 
 
-def test_clicks_on_background_only_are_422(synth96):
-    unsnapped = Worker(SAM2OCT_SNAP_PX="0")  # the tiny model leaves background only next to layers
+def test_clicks_on_background_only_are_422_for_legacy_cvat(synth96):
+    # the tiny model leaves background only next to layers, in specks the min-area merge removes
+    unsnapped = Worker(SAM2OCT_SNAP_PX="0", SAM2OCT_MIN_AREA="0", SAM2OCT_CVAT_UI="legacy")
     lm = truth(unsnapped, synth96)
     background = np.argwhere(lm == 0)
     assert len(background) >= 2, "fixture frame needs background pixels"
@@ -406,7 +432,8 @@ def test_clicks_on_background_only_are_422(synth96):
     assert "background" in reply["error"] and set(reply) == {"error"}
 
 
-def test_click_just_off_a_layer_picks_the_nearest_layer(interactor, synth96):
+def test_click_just_off_a_layer_picks_the_nearest_layer(exact, synth96):
+    interactor = exact  # the min-area merge leaves this frame no background to click on
     lm = truth(interactor, synth96)
     r, c = np.argwhere(lm == 0)[0]
     click = [float(c) + 0.5, float(r) + 0.5]
@@ -423,7 +450,7 @@ def test_click_just_off_a_layer_picks_the_nearest_layer(interactor, synth96):
 
 
 @pytest.mark.parametrize("form", ["pairs", "reversed", "crossed", "flat"])
-def test_box_limits_the_result(interactor, synth96, form):
+def test_box_limits_the_result(interactor, fork, synth96, form):
     lm = truth(interactor, synth96)
     x1, y1, x2, y2 = 20.25, 15.75, 75.25, 45.75
     box = {"pairs": [[x1, y1], [x2, y2]], "reversed": [[x2, y2], [x1, y1]],
@@ -442,7 +469,9 @@ def test_box_limits_the_result(interactor, synth96, form):
     mask = stock_mask(reply, lm.shape)
     assert not (mask & ~inside).any()
     assert np.array_equal(mask, expected_selection(boxed, [click]))
-    # the shapes are cut to the box too
+    # the fork's shapes are cut to the box too
+    status, reply = fork.call({"image": b64(synth96), "pos_points": [click], "obj_bbox": box})
+    assert status == 200 and np.array_equal(stock_mask(reply, lm.shape), mask)
     count, _ = centre_owners(reply["shapes"], lm.shape)
     assert count[~inside].sum() <= 0.02 * lm.size
 
@@ -456,10 +485,12 @@ def test_absent_none_and_empty_box_mean_no_box(interactor, synth96):
     assert np.array_equal(stock_mask(replies[0][1], lm.shape), expected_selection(lm, [click]))
 
 
-def test_click_outside_the_box_is_ignored(interactor, synth96):
-    lm = truth(interactor, synth96)
-    status, reply = interactor.call({"image": b64(synth96), "pos_points": [[5.5, 5.5]],
-                                     "obj_bbox": [[50, 30], [75, 50]]})
+def test_click_outside_the_box_is_ignored(interactor, fork, synth96):
+    body = {"image": b64(synth96), "pos_points": [[5.5, 5.5]], "obj_bbox": [[50, 30], [75, 50]]}
+    status, reply = interactor.call(body)
+    assert status == 200 and reply["shapes"] == []
+    assert "outside the box" in reply["reason"] and "background" not in reply["reason"]
+    status, reply = fork.call(body)
     assert status == 422 and "outside the box" in reply["error"] and "background" not in reply["error"]
 
 
@@ -522,9 +553,9 @@ def test_threshold_is_reported_ignored(interactor, synth96):
 
 # --- interactor: shapes for the CVAT-OCT fork ---------------------------------------------------
 
-def test_shapes_carry_profile_names_and_tile(interactor, synth192):
-    lm = truth(interactor, synth192)
-    status, reply = interactor.call({"image": b64(synth192), "pos_points": [click_in(lm, 2)]})
+def test_shapes_carry_profile_names_and_tile(fork, synth192):
+    lm = truth(fork, synth192)
+    status, reply = fork.call({"image": b64(synth192), "pos_points": [click_in(lm, 2)]})
     assert status == 200
     shapes = reply["shapes"]
     assert shapes and all(s["type"] == "polygon" for s in shapes)
@@ -559,7 +590,7 @@ def test_shapes_follow_box_and_negative_clicks(exact, synth96):
 
 
 def test_index_label_style(synth96):
-    h = Worker(SAM2OCT_LABEL_STYLE="index")
+    h = Worker(SAM2OCT_LABEL_STYLE="index", SAM2OCT_CVAT_UI="cvat-oct")
     lm = truth(h, synth96)
     status, reply = h.call({"image": b64(synth96), "pos_points": [click_in(lm, 3), click_in(lm, 2)]})
     assert status == 200
@@ -579,11 +610,11 @@ def spectralis_full():
     return SPECTRALIS.read_bytes()
 
 
-def test_full_size_interactor_reply(interactor, spectralis_full):
-    lm = truth(interactor, spectralis_full)
+def test_full_size_interactor_reply(fork, spectralis_full):
+    lm = truth(fork, spectralis_full)
     assert lm.shape == (496, 768)
     clicks = [click_in(lm, 2), click_in(lm, 7)]
-    status, reply = interactor.call({"image": b64(spectralis_full), "pos_points": clicks, "neg_points": [],
+    status, reply = fork.call({"image": b64(spectralis_full), "pos_points": clicks, "neg_points": [],
                                      "obj_bbox": None})
     assert status == 200
     assert np.array_equal(stock_mask(reply, lm.shape), expected_selection(lm, clicks))
@@ -598,9 +629,9 @@ def test_full_size_detector_covers_the_label_map(detector, spectralis_full):
     pred = prediction(detector, spectralis_full)
     status, items = detector.call({"image": b64(spectralis_full)})
     assert status == 200
-    owner = detector_owner(items, pred.label_map.shape)
-    lm = pred.label_map
-    assert np.mean((owner != 0) == (lm != 0)) > 0.97
+    lm = cleaned(detector, pred.label_map)
+    owner = detector_owner(items, lm.shape)
+    assert np.array_equal(owner, lm)  # the masks are the cleaned label map, pixel for pixel
     check_classes([(it["label"], pixels) for it, (pixels, _) in zip(items, detector_masks(items, lm.shape))], lm)
 
 
@@ -642,27 +673,26 @@ def detector_owner(items, shape):
     return owner
 
 
-def test_detector_items_follow_their_polygons(detector, synth192):
+def test_detector_sends_one_mask_per_layer_with_its_largest_polygon(detector, synth192):
     pred = prediction(detector, synth192)
-    lm = pred.label_map
+    lm = cleaned(detector, pred.label_map)
     status, items = detector.call({"image": b64(synth192)})
     assert status == 200 and isinstance(items, list) and items
-    H, W = lm.shape
-    rows, cols = np.mgrid[0:H, 0:W]
-    for item, (pixels, poly) in zip(items, detector_masks(items, lm.shape)):
-        full = np.zeros(lm.shape, bool)
-        full[pixels] = True
-        strictly = shapely.contains_xy(poly, cols + 0.5, rows + 0.5)
-        touching = shapely.intersects_xy(poly, cols + 0.5, rows + 0.5)
-        # the mask is the pixels whose centre the polygon holds (centres on an edge go one way)
-        assert not (strictly & ~full).any() and not (full & ~touching).any()
-        # confidence: the mean probability of the predicted class over the mask
-        assert abs(float(item["confidence"]) - pred.confidence[full].mean()) < 6e-4
+    # one item per layer present in the cleaned map, and its mask is exactly that layer's pixels
+    labels = [it["label"] for it in items]
+    assert labels == [NR206[k] for k in np.unique(lm) if k]
     owner = detector_owner(items, lm.shape)
-    assert np.mean((owner != 0) == (lm != 0)) > 0.97
-    check_classes([(it["label"], pixels) for it, (pixels, _) in zip(items, detector_masks(items, lm.shape))], lm)
-    # one item per region per layer
-    assert {it["label"] for it in items} == {NR206[k] for k in np.unique(owner) if k}
+    assert np.array_equal(owner, lm)
+    for item, (pixels, poly) in zip(items, detector_masks(items, lm.shape)):
+        k = NR206.index(item["label"])
+        # confidence: the mean probability of the predicted class over the mask
+        assert abs(float(item["confidence"]) - pred.confidence[lm == k].mean()) < 6e-4
+        # points: the layer's largest polygon (a region around a hole comes in pieces), as traced
+        opts = detector.model.settings.options
+        pieces = [sh for sh in label_map_to_shapes(lm, NR206, tolerance=opts.simplify, min_area=0)
+                  if sh["label"] == item["label"]]
+        sizes = np.bincount(rasterize_shapes(pieces, lm.shape).ravel(), minlength=len(pieces) + 1)[1:]
+        assert item["points"] == [v for xy in pieces[int(np.argmax(sizes))]["points"] for v in xy]
 
 
 def test_unsimplified_detector_masks_equal_the_label_map(synth96):
@@ -672,14 +702,7 @@ def test_unsimplified_detector_masks_equal_the_label_map(synth96):
     assert status == 200
     owner = detector_owner(items, lm.shape)
     assert np.array_equal(owner, lm)
-    # each item lies in one 4-connected region of one layer (regions around holes come in pieces)
-    regions = np.zeros(lm.shape, int)
-    for k in range(1, 9):
-        lab, n = ndimage.label(lm == k)
-        regions[lab > 0] = lab[lab > 0] + regions.max()
-    held = [np.unique(regions[pixels]) for pixels, _ in detector_masks(items, lm.shape)]
-    assert all(len(r) == 1 for r in held)
-    assert len({int(r[0]) for r in held}) == regions.max() <= len(items)
+    assert len(items) == len(np.unique(lm)) - 1  # one mask per layer, however many regions it has
 
 
 def test_detector_threshold_drops_low_confidence_items(detector, synth96):
@@ -776,7 +799,7 @@ def test_prompted_profile_feeds_clicks_and_box_to_the_model(prompted, monkeypatc
     assert (base.label_map != result.label_map).any()
     # the reply selects from the prompted label map: box, then the negative click, then the positive
     sel = np.zeros(unprompted.shape, int)
-    sel[2:60, 3:92] = result.label_map[2:60, 3:92]
+    sel[2:60, 3:92] = cleaned(prompted, result.label_map)[2:60, 3:92]
     r, c = pixel_of(*neg, sel.shape)
     if sel[r, c]:
         sel[region_at(sel, r, c)] = 0
@@ -790,9 +813,10 @@ def test_prompted_profile_without_prompts(prompted, monkeypatch, synth96):
     calls, _ = spy_decode(monkeypatch, prompted)
     status, reply = prompted.call({"image": b64(synth96)})
     (kwargs, result), = calls
-    assert kwargs == {"points": None, "labels": None, "box": None, "dense_labels": None, "confidence": False}
+    # the confidence: the reply's mask shape carries it (CVAT 2.60+ filters on it)
+    assert kwargs == {"points": None, "labels": None, "box": None, "dense_labels": None, "confidence": True}
     assert status == 200 and reply["prompts"] == "model" and "brush" not in reply
-    assert np.array_equal(stock_mask(reply, result.label_map.shape), result.label_map != 0)
+    assert np.array_equal(stock_mask(reply, result.label_map.shape), cleaned(prompted, result.label_map) != 0)
 
 
 def test_prompted_profile_paints_brush_labels(prompted, monkeypatch, synth96):

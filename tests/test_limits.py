@@ -45,7 +45,6 @@ def test_bombs_and_big_bodies_refused_without_big_allocation(bench):
             f"(bound {BOUND_MIB}); " + "; ".join(f"{k} {r['file_bytes']} B: +{r['peak_mib']} MiB RSS, "
                                                  f"{r['traced_mib']} MiB traced" for k, r in rows.items())
             + f"; control: decoding the 20000x20000 bomb +{control['peak_mib']} MiB in {control['seconds']} s")
-    print("\n" + line)
     write_summary("limits", line)
 
 

@@ -12,9 +12,10 @@ from sam2oct.model.preprocessing import check_mode
 from sam2oct.model.profiles import parse_class_names, resolve_profile
 
 SAM2OCT = Path(__file__).resolve().parents[1] / "sam2oct"
-# Every module below the front doors (the serving/ and cli/ packages, cvat_function.py).
+# Every module below the front doors (the serving/ and cli/ packages, cvat_function.py), except
+# the options table, whose job is to hold each front door's name for each option.
 LOWER = sorted(str(path.relative_to(SAM2OCT)) for package in ("model", "geometry", "pipeline", "data", "training", "evaluation")
-               for path in (SAM2OCT / package).rglob("*.py"))
+               for path in (SAM2OCT / package).rglob("*.py") if path != SAM2OCT / "pipeline" / "options.py")
 # The fields of the pipeline's options, which `option` names.
 OPTIONS = {"checkpoint", "config", "device", "profile", "class_names", "preprocess", "label_style", "precision",
            "cache_mb", "simplify", "min_area", "max_pixels", "torch_threads"}

@@ -17,6 +17,7 @@ def test_defaults_when_nothing_is_set():
     assert (s.mode, o.label_style, o.precision, o.device) == ("interactor", "names", "auto", "auto")
     assert (o.cache_mb, s.max_points, o.min_area, o.simplify, s.warmup) == (2048, 64, 16, 1.0, True)
     assert o.preprocess == ""  # the profile's preprocessing
+    assert o.cvat_ui == "current"  # the reply stock CVAT 2.60 and later draws
     assert o == PipelineOptions()  # one place for every default: the pipeline's
 
 
@@ -24,11 +25,12 @@ def test_values_are_read():
     s = Settings.from_env({
         "SAM2_CHECKPOINT": "/m/x.pt", "SAM2OCT_MODE": "Detector", "SAM2OCT_CACHE_MB": "3.5",
         "SAM2OCT_SIMPLIFY": "0", "SAM2OCT_PREPROCESS": "pad-equalize", "SAM2OCT_WARMUP": "0",
-        "SAM2OCT_LABEL_STYLE": "index", "SAM2OCT_TORCH_THREADS": "1",
+        "SAM2OCT_LABEL_STYLE": "index", "SAM2OCT_TORCH_THREADS": "1", "SAM2OCT_CVAT_UI": " Legacy",
     })
     o = s.options
     assert (o.checkpoint, s.mode, o.cache_mb, o.simplify) == ("/m/x.pt", "detector", 3.5, 0.0)
     assert (o.preprocess, s.warmup, o.label_style, o.torch_threads) == ("pad-equalize", False, "index", 1)
+    assert o.cvat_ui == "legacy"
 
 
 def test_every_pipeline_option_has_a_variable():
@@ -47,6 +49,7 @@ def test_every_pipeline_option_has_a_variable():
     ("SAM2OCT_PREPROCESS", "crop", "not one of"),
     ("SAM2OCT_WARMUP", "yes", "not one of"),
     ("SAM2OCT_MAX_PIXELS", "0", "outside"),
+    ("SAM2OCT_CVAT_UI", "2.64", "not one of"),
 ])
 def test_bad_values_name_the_variable(name, value, words):
     with pytest.raises(ConfigError) as err:
@@ -69,6 +72,7 @@ def test_every_variable_the_code_reads_is_a_documented_setting():
     assert set(ENV_VARS) <= read, f"documented but never read: {sorted(set(ENV_VARS) - read)}"
 
 
+@pytest.mark.docs
 def test_readme_table_gives_each_variable_its_default_and_meaning():
     rows = {}
     for line in (ROOT / "README.md").read_text().splitlines():

@@ -52,7 +52,7 @@ class Soak:
         assert reply.status in (200, 422), reply
         text = json.dumps([reply.status, reply.json], sort_keys=True)
         assert self.first.setdefault((mode, frame, prompt), text) == text, (mode, frame, prompt)
-        assert len(fn.model.predictor.cache) <= CACHE
+        assert fn.model.predictor.cache.frames <= CACHE
 
     def counts(self, mode):
         p = self.fns[mode].model.predictor
@@ -127,7 +127,6 @@ def test_soak(workers):
             f"interactor {i_hits} hits / {i_misses} misses, detector {d_hits} hits / {d_misses} misses (as computed by hand); "
             f"RSS after warm-up {warm_rss / 1024:.1f} MiB, max growth {growth_mib:+.1f} MiB (bound {RSS_BOUND_MIB}); "
             f"live objects {objects:+d} (bound {OBJECTS_BOUND}); live EncodedImage {live} (bound {2 * CACHE})")
-    print("\n" + line)
     write_summary("soak-long" if LONG else "soak", line)
     assert growth_mib < RSS_BOUND_MIB, line
     assert objects < OBJECTS_BOUND, line

@@ -17,10 +17,10 @@ def run(args) -> int:
     from sam2oct.model.device import resolve_device
     from sam2oct.pipeline.pipeline import preflight
 
-    args.option_names = {**getattr(args, "option_names", {}), **{
-        name: "--" + name.replace("_", "-") for name in (
+    vars(args).setdefault("option_names", {}).update({
+        **{name: "--" + name.replace("_", "-") for name in (
             "mode", "steps", "batch", "rank", "lr_encoder", "lr_decoder", "warmup", "views", "val",
-            "val_fraction", "out", "report")}, "data": "DATA"}
+            "val_fraction", "out", "report")}, "data": "DATA"})
     tuning = FinetuneOptions(
         mode=args.mode, steps=args.steps, batch=args.batch, rank=args.rank, lr_encoder=args.lr_encoder,
         lr_decoder=args.lr_decoder, warmup=args.warmup, seed=args.seed, augment=not args.no_augment,
@@ -60,7 +60,7 @@ def run(args) -> int:
         report = run(train_set, val_set, options.checkpoint, out, config=options.config,
                      class_names=profile.class_names, options=tuning, device=str(device), data=data,
                      progress=sys.stderr.isatty(), runtime=options.runtime, precision=options.precision,
-                     ov_cache_dir=options.ov_cache_dir, encode_batch=options.encode_batch)
+                     ov_cache_dir=options.ov_cache_dir, encode_batch=args.batch)
     except KeyboardInterrupt:
         print(f"error: interrupted; {out} was not written", file=sys.stderr)
         return 130

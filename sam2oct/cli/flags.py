@@ -6,7 +6,6 @@
 when none is named (``option_values`` then ``with_checkpoint``, to check other inputs in between).
 """
 
-import os
 import sys
 from dataclasses import replace
 
@@ -17,14 +16,14 @@ from sam2oct.pipeline.options import (OPTION_CHOICES, OPTION_DEFAULTS, OPTION_EN
 OPTION_NAMES = {**OPTION_FLAGS, "models_dir": "--models-dir", "json": "--json", "overlay": "--overlay"}
 # The flags of every command that runs the model (segment, evaluate, finetune).
 MODEL_OPTIONS = ("checkpoint", "config", "profile", "class_names", "preprocess", "device")
-# What encodes, how (the openvino encoder's cache) and how many B-scans to one encoder call.
-RUNTIME_OPTIONS = ("runtime", "precision", "ov_cache_dir", "encode_batch")
+# What encodes, at which precision, and where the openvino encoder's conversion is kept.
+RUNTIME_OPTIONS = ("runtime", "precision", "ov_cache_dir")
 SEGMENT_OPTIONS = MODEL_OPTIONS + ("label_style", "precision", "simplify", "min_area", "max_pixels", "torch_threads",
-                                   "runtime", "ov_cache_dir", "encode_batch")
+                                   "runtime", "ov_cache_dir")
 
 CHECKPOINT_ENV = OPTION_ENV["checkpoint"]
 _CHECKPOINT_HELP = (f" (default: ${CHECKPOINT_ENV}, else the checkpoint `python -m sam2oct download` "
-                    f"stored under --models-dir)")
+                    f"stored under --models-dir, else one in the Hugging Face cache)")
 
 
 def _choice(text: str) -> str:
@@ -67,20 +66,18 @@ def option_values(args, **overrides) -> PipelineOptions:
 
 
 def with_checkpoint(args, options: PipelineOptions) -> PipelineOptions:
-    """The options with a checkpoint: --checkpoint, else $SAM2_CHECKPOINT, else the one `download`
-    stored under --models-dir (that of --profile, or the only one; it then sets the profile too)."""
+    """The options with a checkpoint (sam2oct.model.discovery): --checkpoint, else $SAM2_CHECKPOINT,
+    else the one `download` stored under --models-dir, else one in the Hugging Face cache (a stored
+    one sets the profile too: that of --profile, or the only one there)."""
     if options.checkpoint or not hasattr(args, "checkpoint"):
         return options
-    from_env = os.environ.get(CHECKPOINT_ENV, "").strip()
-    if from_env:
-        args.option_names = {"checkpoint": CHECKPOINT_ENV}  # its errors name where it came from
-        print(f"using checkpoint {from_env} (${CHECKPOINT_ENV})", file=sys.stderr)
-        return replace(options, checkpoint=from_env)
-    from sam2oct.model.hub import stored_checkpoint
+    from sam2oct.model.discovery import find_checkpoint
 
-    path, profile = stored_checkpoint(getattr(args, "models_dir", "models"), options.profile or None)
-    print(f"using checkpoint {path} (downloaded, profile {profile})", file=sys.stderr)
-    return replace(options, checkpoint=str(path), profile=profile)
+    found = find_checkpoint(profile=options.profile, env_var=CHECKPOINT_ENV, models_dir=getattr(args, "models_dir", "models"))
+    if found.source == "env":  # its errors name where it came from
+        vars(args).setdefault("option_names", {})["checkpoint"] = CHECKPOINT_ENV
+    print(f"using checkpoint {found.describe()}", file=sys.stderr)
+    return replace(options, checkpoint=found.path, profile=found.profile or options.profile)
 
 
 def options_from_args(args, **overrides) -> PipelineOptions:

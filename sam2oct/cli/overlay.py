@@ -9,6 +9,8 @@ PALETTE = [
     (145, 30, 180), (70, 240, 240), (240, 50, 230), (210, 245, 60), (250, 190, 212), (0, 128, 128),
 ]
 
+# the same colours as CVAT label colours ('#rrggbb'), so a task shows the layers as the overlays do
+PALETTE_HEX = [f"#{r:02x}{g:02x}{b:02x}" for r, g, b in PALETTE]
 
 
 def render_overlay(gray: np.ndarray, label_map: np.ndarray, shapes: list, class_names, alpha=0.4) -> Image.Image:

@@ -29,20 +29,15 @@ def read_image_file(path, max_pixels: int) -> np.ndarray:
         raise ConfigError(f"{path}: {exc}", option="max_pixels" if too_big else "images") from None
 
 
-def check_images(paths, max_pixels: int) -> None:
-    """Every image is there and decodes, before the model loads (a B-scan decodes in milliseconds)."""
-    problems = []
-    for path in paths:
-        try:
-            read_image_file(path, max_pixels)
-        except ConfigError as exc:
-            problems.append(exc)
+def raise_problems(problems, total: int) -> None:
+    """The inputs that cannot be used, said once before the model loads: the one error, or a
+    count with the first three."""
     if len(problems) == 1:
         raise problems[0]
     if problems:
         shown = "; ".join(str(p) for p in problems[:3])
         more = f"; and {len(problems) - 3} more" if len(problems) > 3 else ""
-        raise ConfigError(f"{len(problems)} of {len(paths)} images cannot be used: {shown}{more}", option="images")
+        raise ConfigError(f"{len(problems)} of {total} images cannot be used: {shown}{more}", option="images")
 
 
 def make_folder(option: str, folder: Path) -> None:
@@ -89,7 +84,13 @@ def overlay_targets(overlay, images) -> list:
 
 
 def write_output(option: str, write, path) -> None:
+    """``write(p)`` into a hidden sibling, then renamed over ``path``: never a half-written file.
+    The sibling keeps the extension, which the writer may read the format from."""
+    path = Path(path)
+    partial = path.with_name(f".{path.name}.partial{path.suffix}")
     try:
-        write(path)
+        write(partial)
+        partial.replace(path)
     except OSError as exc:
+        partial.unlink(missing_ok=True)
         raise ConfigError(f"{path}: cannot be written ({exc.strerror or exc})", option=option) from None

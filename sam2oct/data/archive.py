@@ -9,13 +9,13 @@ import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
-
 from sam2oct.data.samples import DatasetError
 
 DEFAULT_MAX_MEMBER_BYTES = 512 * 2**20
 DEFAULT_MAX_TOTAL_BYTES = 8 * 2**30
 DEFAULT_MAX_MEMBERS = 200_000
 READ_CHUNK = 1 << 20
+
 
 @dataclass
 class Limits:

@@ -103,6 +103,9 @@ def read_cvat(ctx):
     doc = _parse_cvat_xml(ctx.tree.read(xml_name), where)
     ctx.project = doc.project
     images = ctx.members("images")
+    # frames beside annotations.xml (a sam2oct volume bundle, sam2oct/data/cvat_bundle.py)
+    beside = [n[len(ctx.prefix):] for n in ctx.tree.sizes
+              if n.startswith(ctx.prefix) and "/" not in n[len(ctx.prefix):]]
     by_stem = {}
     for n in images:  # video-task frames are named without their extension
         by_stem.setdefault(str(PurePosixPath(n).with_suffix("")), []).append(n)
@@ -126,7 +129,7 @@ def read_cvat(ctx):
             ctx.skip("frames without shapes")
             continue
         subset = attrib.get("subset")
-        file = _find_cvat_image(name, subset, images, by_stem)
+        file = _find_cvat_image(name, subset, images, by_stem) or (name if name in beside else None)
         if file is None:
             expected = f"images/{subset}/{name}" if subset else f"images/{name}"
             raise DatasetError(
@@ -145,7 +148,7 @@ def read_cvat(ctx):
                                _label_of=lambda n: ctx.labels.index(n, where_img))
         except RequestError as exc:  # a mask whose runs or box do not fit the image
             raise DatasetError(f"{where_img}: {exc}") from exc
-        samples.append(Sample(file[len("images/"):], gray, labels, volume_of(name)))
+        samples.append(Sample(file.removeprefix("images/"), gray, labels, volume_of(name)))
     return samples
 
 

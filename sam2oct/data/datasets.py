@@ -25,6 +25,7 @@ from sam2oct.geometry.images import DEFAULT_MAX_PIXELS
 from sam2oct.data.samples import (FORMAT_CVAT, FORMAT_PLAIN, FORMAT_SEGMENTATION_MASK, Dataset, DatasetError, LabelIndex, ReadContext, describe_skipped)
 from sam2oct.data.archive import (DEFAULT_MAX_MEMBER_BYTES, DEFAULT_MAX_MEMBERS, DEFAULT_MAX_TOTAL_BYTES, DirTree, Limits,
                                     ZipTree)
+from sam2oct.data.cvat_bundle import VOLUME_JSON as BUNDLE_META
 from sam2oct.data.cvat_xml import read_cvat
 from sam2oct.data.plain import read_plain
 from sam2oct.data.segmentation_mask import read_segmentation_mask
@@ -44,6 +45,9 @@ def load_dataset(path, class_names, *, max_member_bytes=DEFAULT_MAX_MEMBER_BYTES
     if not path.exists():
         raise DatasetError(f"dataset not found: {path}")
     limits = Limits(max_member_bytes, max_total_bytes, max_members)
+    bundles = bundle_folders(path)
+    if bundles:
+        return _load_bundles(path, bundles, class_names, limits, max_pixels)
     if path.is_dir():
         tree = DirTree(path, limits)
     elif zipfile.is_zipfile(path) or path.suffix.lower() == ".zip":
@@ -63,6 +67,39 @@ def load_dataset(path, class_names, *, max_member_bytes=DEFAULT_MAX_MEMBER_BYTES
     if not samples:
         raise DatasetError(f"{path}: no annotated B-scans found ({kind}; skipped: {describe_skipped(ctx.skipped) or 'nothing'})")
     return Dataset(samples, class_names, dict(ctx.skipped), f"{path} ({kind})")
+
+
+def bundle_folders(path: Path) -> list:
+    """The volume bundles ``cvat-task --out`` writes (annotations.xml + volume.json + frames) at
+    ``path``: itself, or its sub-folders when it holds bundles and no export of its own."""
+    def is_bundle(p):
+        return (p / "annotations.xml").is_file() and (p / BUNDLE_META).is_file()
+
+    if not path.is_dir():
+        return []
+    if is_bundle(path):
+        return [path]
+    if (path / "annotations.xml").exists():
+        return []
+    return sorted(p for p in path.iterdir() if p.is_dir() and is_bundle(p))
+
+
+def _load_bundles(path, bundles, class_names, limits, max_pixels) -> Dataset:
+    """Each bundle is a task export with its frames beside annotations.xml; a sample is named
+    <bundle>/<frame> and belongs to the volume <bundle>."""
+    samples, skipped = [], {}
+    labels = LabelIndex(class_names)
+    for folder in bundles:
+        with DirTree(folder, limits) as tree:
+            ctx = ReadContext(tree, "", labels, max_pixels)
+            samples += [replace(s, name=f"{folder.name}/{s.name}", volume=folder.name) for s in read_cvat(ctx)]
+            for k, v in ctx.skipped.items():
+                skipped[k] = skipped.get(k, 0) + v
+    if not samples:
+        raise DatasetError(f"{path}: no annotated B-scans in its volume bundles (skipped: "
+                           f"{describe_skipped(skipped) or 'nothing'})")
+    kind = f"{FORMAT_CVAT}, {len(bundles)} volume bundle{'s' if len(bundles) > 1 else ''}"
+    return Dataset(samples, class_names, skipped, f"{path} ({kind})")
 
 
 def split_by_volume(dataset: Dataset, val_fraction: float, seed: int = 0):

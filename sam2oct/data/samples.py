@@ -119,7 +119,13 @@ class LabelIndex:
 
 
 def label_dtype(n_classes):
-    return np.uint8 if n_classes <= 256 else np.uint16
+    """The smallest unsigned type that holds class indices 0..n_classes-1 (GDAL rasterizes into it)."""
+    n_classes = int(n_classes)
+    if not 1 <= n_classes <= 2**32:
+        raise ValueError(f"a label map holds 1 to {2**32} classes, not {n_classes}")
+    for dtype in (np.uint8, np.uint16, np.uint32):
+        if n_classes - 1 <= np.iinfo(dtype).max:
+            return dtype
 
 
 @dataclass

@@ -2,12 +2,47 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import PurePosixPath
 
 import numpy as np
 
 from sam2oct.data.samples import (FORMAT_SEGMENTATION_MASK, DatasetError, Sample, check_size,
                                     label_dtype, volume_of)
+
+log = logging.getLogger(__name__)
+
+# CVAT writes a 16-bit frame into this format's images as 8 bits keeping each value mod 256.
+# Such a frame stays smooth read on a circle of 256 grey values but not on a line: neighbours on
+# either side of a wrap differ by ~255. Measured (mean circular / mean linear neighbour
+# difference): 8-bit B-scans 0.955 (heavy synthetic speckle) to 0.998 (Spectralis); the same
+# scans stored as 9- to 14-bit data and cut mod 256: 0.67 to 0.86.
+WRAPPED_RATIO = 0.9
+_MIN_PIXELS = 4096  # below this the statistic says little (and test-sized frames are skipped)
+
+
+def wrap_ratio(values: np.ndarray) -> float | None:
+    """Mean circular over mean linear difference of neighbouring 8-bit grey values (1.0 for a
+    frame without wraps); None where it cannot be told (too small, or flat)."""
+    v = np.asarray(values, dtype=np.int16)
+    if v.size < _MIN_PIXELS:
+        return None
+    d = np.concatenate([np.abs(np.diff(v, axis=1)).ravel(), np.abs(np.diff(v, axis=0)).ravel()])
+    linear = d.mean()
+    if linear == 0:
+        return None
+    return float(np.minimum(d, 256 - d).mean() / linear)
+
+
+def looks_cut_to_8_bits(gray: np.ndarray) -> bool:
+    """Whether an export's grey frame (float in [0, 1]) looks like a 16-bit frame written as
+    8 bits mod 256. Only 8-bit frames can be: a frame whose values are not k/255 is not judged."""
+    values = np.asarray(gray, dtype=np.float64) * 255
+    rounded = np.rint(values)
+    if np.abs(values - rounded).max(initial=0) > 1e-3:
+        return False
+    ratio = wrap_ratio(rounded)
+    return ratio is not None and ratio < WRAPPED_RATIO
 
 def _parse_labelmap(text, where):
     """labelmap.txt lines ``name:r,g,b:parts:actions`` -> [(name, (r, g, b))] in file order."""
@@ -49,7 +84,7 @@ def read_segmentation_mask(ctx):
     by_stem = {}
     for n in images:
         by_stem.setdefault(str(PurePosixPath(n[len("JPEGImages/"):]).with_suffix("")), []).append(n)
-    samples = []
+    samples, cut = [], []
     for mask_file in ctx.members("SegmentationClass"):
         if not mask_file.lower().endswith(".png"):
             continue
@@ -85,7 +120,14 @@ def read_segmentation_mask(ctx):
                     if not found else f"several images match: {', '.join(found)}"))
         gray = ctx.read_gray(found[0])
         check_size(ctx, found[0], gray, labels, mask_file)
+        if looks_cut_to_8_bits(gray):
+            cut.append(found[0])
         samples.append(Sample(found[0][len("JPEGImages/"):], gray, labels, volume_of(item + ".png")))
+    if cut:
+        log.warning("%s: %d of %d images (%s%s) look like 16-bit B-scans that the %r export cut to 8 bits, "
+                    "each value kept mod 256: scores and training on them are wrong; export 16-bit tasks as "
+                    "'CVAT for images 1.1'", ctx.tree.label, len(cut), len(samples), cut[0],
+                    ", ..." if len(cut) > 1 else "", FORMAT_SEGMENTATION_MASK)
     return samples
 
 

@@ -5,11 +5,37 @@ from __future__ import annotations
 
 import numpy as np
 
-from sam2oct.geometry.runs import components, connected, region_values, scatter
+from sam2oct.geometry.runs import Runs, components, connected, region_values, scatter
 
 # At most this many small regions (times classes present) are merged in one
 # round: bounds the border table's memory on maps with thousands of classes.
 MERGE_TABLE_LIMIT = 1 << 24
+
+
+def clean_label_map(label_map, min_area):
+    """The label map after the min-area merge: the map every front door answers with.
+
+    Regions under ``min_area`` pixels take the class that :func:`merge_small_regions` gives them
+    (the rule of ``label_map_to_shapes``), painted back to a raster of the input's shape and
+    dtype. ``min_area`` 0 or 1 changes nothing (a copy is still returned).
+    """
+    labels = np.asarray(label_map)
+    if labels.ndim != 2 or labels.size == 0:
+        raise ValueError(f"label_map must be a non-empty 2-D array, got shape {labels.shape}")
+    if labels.dtype.kind not in "iu":
+        raise ValueError(f"label_map must hold integer class indices, got {labels.dtype}")
+    if min_area < 0:
+        raise ValueError("min_area must be >= 0")
+    if min_area <= 1:  # every region has at least one pixel
+        return labels.copy()
+    runs, _ = merge_small_regions(Runs.of_raster(labels), min_area)
+    return paint(runs, labels.dtype)
+
+
+def paint(runs, dtype):
+    """The raster of ``runs``: each run's pixels set to its key."""
+    lengths = np.diff(np.append(runs.start, runs.shape[0] * runs.shape[1]))
+    return np.repeat(runs.key.astype(dtype), lengths).reshape(runs.shape)
 
 
 def merge_small_regions(runs, min_area):

@@ -26,11 +26,11 @@ import numpy as np
 import rasterio.features
 import shapely
 
-from sam2oct.geometry.merge import merge_small_regions
+from sam2oct.geometry.merge import merge_small_regions, paint
 from sam2oct.geometry.runs import Runs, components, hole_counts, region_values
 from sam2oct.geometry.trace import cut_holes, exterior_points, hole_spans, trace
 
-__all__ = ["label_map_to_shapes", "mask_outline", "rasterize_shapes", "flatten_points"]
+__all__ = ["label_map_to_shapes", "trace_label_map", "mask_outline", "rasterize_shapes", "flatten_points"]
 
 
 def label_map_to_shapes(label_map, class_names, *, tolerance, min_area):
@@ -63,6 +63,17 @@ def label_map_to_shapes(label_map, class_names, *, tolerance, min_area):
     repeated), and runs counter-clockwise in x/y (clockwise on screen,
     where y points down).
     """
+    return trace_label_map(label_map, class_names, tolerance=tolerance, min_area=min_area)[0]
+
+
+def trace_label_map(label_map, class_names, *, tolerance, min_area):
+    """:func:`label_map_to_shapes` and which pixels each shape holds: ``(shapes, owner)``.
+
+    ``owner`` is an int32 raster: ``i + 1`` on the pixels of ``shapes[i]`` in the merged map
+    (exactly, whatever ``tolerance``: the pieces before simplification), 0 on background.
+    A map already cleaned by ``clean_label_map(label_map, min_area)`` traced with ``min_area``
+    0 gives the same shapes as the raw map traced with ``min_area``.
+    """
     labels = _check_label_map(label_map, len(class_names))
     if tolerance < 0 or min_area < 0:
         raise ValueError("tolerance and min_area must be >= 0")
@@ -76,14 +87,18 @@ def label_map_to_shapes(label_map, class_names, *, tolerance, min_area):
     geoms = trace(runs, region)
     if tolerance > 0:
         geoms = shapely.coverage_simplify(geoms, tolerance, simplify_boundary=False)
-    keep = classes != 0
+    keep = np.flatnonzero(classes != 0)
     geoms, classes = geoms[keep], classes[keep]
     bounds = shapely.bounds(geoms)
     order = np.lexsort((bounds[:, 0], bounds[:, 1], classes))
-    return [
+    shapes = [
         {"label": class_names[classes[i]], "type": "polygon", "points": points}
         for i, points in zip(order, exterior_points(geoms[order]))
     ]
+    shape_of_piece = np.zeros(region.max() + 1, np.int32)
+    shape_of_piece[keep[order]] = np.arange(1, len(order) + 1, dtype=np.int32)
+    owner = paint(Runs(runs.start, shape_of_piece[region], runs.shape), np.int32)
+    return shapes, owner
 
 
 def mask_outline(mask):

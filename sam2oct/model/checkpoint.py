@@ -7,6 +7,7 @@ never run with random or cloned weights.
 import hashlib
 import json
 import pickle
+import re
 import zipfile
 from importlib import resources
 from pathlib import Path
@@ -148,11 +149,67 @@ def build_model(num_classes: int, config=None) -> SemanticSAM2:
     return instantiate(cfg, num_classes=num_classes, _recursive_=True)
 
 
-def check_state_dict(model: torch.nn.Module, sd: dict, path="checkpoint") -> None:
-    """Every weight the forward pass uses must be there with its shape; nothing foreign may be."""
+_TRUNK = "image_encoder.trunk."
+
+
+def hiera_size(sd: dict) -> tuple | None:
+    """(embed dim, blocks per stage) of the Hiera image encoder whose weights these are: what tells
+    SAM 2's sizes apart (the rest of the model is the same for all). None if not a Hiera encoder."""
+    patch = sd.get(_TRUNK + "patch_embed.proj.weight")
+    if patch is None:
+        return None
+    dims, i = [], 0
+    while (proj := sd.get(f"{_TRUNK}blocks.{i}.attn.proj.weight")) is not None:
+        dims.append(int(proj.shape[0]))  # a block's output width; it doubles at each new stage
+        i += 1
+    stages = []
+    for n, dim in enumerate(dims):
+        if n and dim == dims[n - 1]:
+            stages[-1] += 1
+        else:
+            stages.append(1)
+    return int(patch.shape[0]), tuple(stages)
+
+
+def _config_hiera_size(name) -> tuple | None:
+    import inspect
+
+    from sam2.modeling.backbones.hieradet import Hiera
+
+    trunk = load_config(name).image_encoder.trunk
+    defaults = inspect.signature(Hiera).parameters  # B+ leaves stages and embed dim at Hiera's defaults
+    return (int(trunk.get("embed_dim", defaults["embed_dim"].default)),
+            tuple(int(n) for n in trunk.get("stages", defaults["stages"].default)))
+
+
+def fitting_config(sd: dict) -> str | None:
+    """The SAM 2.1 config packaged with sam2 whose model these weights are the size of, if any."""
+    size = hiera_size(sd)
+    if size is None:
+        return None
+    return next((name for name in packaged_configs()
+                 if name.startswith("configs/sam2.1/") and _config_hiera_size(name) == size), None)
+
+
+def _size_words(size) -> str:
+    return f"Hiera with embed dim {size[0]} and {'-'.join(map(str, size[1]))} blocks"
+
+
+def check_state_dict(model: torch.nn.Module, sd: dict, path="checkpoint", config=None) -> None:
+    """Every weight the forward pass uses must be there with its shape; nothing foreign may be.
+    A checkpoint of another SAM 2 size is a config error that names the config that fits it."""
     expected = model.state_dict()
     used = {k for k in expected if not k.startswith(_UNUSED_PREFIXES)}
     missing = used - sd.keys()
+    wrong_shape = any(k in sd and sd[k].shape != v.shape for k, v in expected.items())
+    if missing or wrong_shape or sd.keys() - expected.keys():
+        size, in_use = hiera_size(sd), hiera_size(expected)
+        fit = fitting_config(sd) if size is not None and in_use is not None and size != in_use else None
+        if fit is not None:
+            current = f"the config in use ({config})" if config else "the config in use"
+            raise CheckpointError(
+                f"{path}: a checkpoint of another SAM 2 size ({_size_words(size)}), not of {current}, "
+                f"which is {_size_words(in_use)}; set the model config to {fit}", option="config")
     if missing:
         raise CheckpointError(f"{path}: missing {len(missing)} weights the model uses: {_keys(missing)}",
                               option="checkpoint")
@@ -199,7 +256,7 @@ def verify_recorded_checksum(path) -> bool:
     Returns False when no record covers the file (nothing to check), True when it matched."""
     record_file = checksums_file_for(path)
     if record_file is None:
-        return False
+        return verify_hub_blob(path)
     path = Path(path).resolve()
     entry = read_checksums(record_file).get(path.relative_to(record_file.parent.resolve()).as_posix())
     if entry is None:
@@ -213,6 +270,21 @@ def verify_recorded_checksum(path) -> bool:
     return True
 
 
+def verify_hub_blob(path) -> bool:
+    """A file of the Hugging Face cache is a link to blobs/<sha256 of the file> (for LFS files):
+    refuse it when its bytes no longer have that digest. False when it is not such a file."""
+    blob = Path(path).resolve()
+    if blob.parent.name != "blobs" or not re.fullmatch(r"[0-9a-f]{64}", blob.name):
+        return False
+    actual = sha256_of(blob)
+    if actual != blob.name:
+        raise CheckpointError(
+            f"{path}: sha256 {actual} does not match {blob.name}, the digest the Hugging Face cache "
+            f"stored it under: the file changed; delete {blob} and download it again", option="checkpoint",
+        )
+    return True
+
+
 def load_model(path, config=None, device="cpu") -> SemanticSAM2:
     """Read, validate and load a SAM2-OCT checkpoint; returns the model in eval mode on `device`
     (None leaves it where it was built, on the CPU, for the caller to place)."""
@@ -220,6 +292,6 @@ def load_model(path, config=None, device="cpu") -> SemanticSAM2:
     sd = read_state_dict(path)
     k = num_classes_of(sd, path)
     model = build_model(k, config)
-    check_state_dict(model, sd, path)
+    check_state_dict(model, sd, path, config or DEFAULT_CONFIG)
     model.load_state_dict(sd, strict=False)
     return (model if device is None else model.to(device)).eval()

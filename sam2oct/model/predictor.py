@@ -3,7 +3,6 @@
 import contextlib
 import hashlib
 import threading
-from collections import OrderedDict
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -12,14 +11,12 @@ import torch
 from sam2oct.errors import ConfigError
 from sam2oct.model.modeling.semantic_sam2 import ImageFeatures, SemanticSAM2
 from sam2oct.model.preprocessing import FrameGeometry, check_mode, model_input
+from sam2oct.pipeline.cache import FrameCache
 
 DEFAULT_CACHE_BYTES = 2 << 30
 # bf16 autocast runs natively from Ampere (compute capability 8.0) on; T4, V100 and Turing
 # emulate it and run it slower than fp32, and CPUs about ten times slower.
 BF16_MIN_CAPABILITY = (8, 0)
-# Frames encoded to one encoder call by default (encode_batch): measured by
-# benchmarks/bench_cpu_runtime.py, see docs/cpu.md.
-DEFAULT_BATCH = 1
 # Full-resolution floats per step when the label map is taken class by class (64 MB): the
 # memory of one step, whatever K and the frame size.
 _STEP_ELEMENTS = 1 << 24
@@ -82,15 +79,18 @@ class EncodedImage:
     features: ImageFeatures
     # The unprompted prediction depends on the image alone, so it is kept with the features.
     unprompted: _Unprompted | None = field(default=None, repr=False)
+    # What the pipeline derives from the frame (its cleaned label map, shapes, reply texts): each
+    # value has ``nbytes``; kept, counted and evicted with the features in the one cache.
+    derived: dict = field(default_factory=dict, repr=False)
 
     @property
     def nbytes(self) -> int:
-        """Memory this entry holds: features plus the memoised unprompted prediction."""
+        """Memory this entry holds: features, the memoised unprompted prediction, derived results."""
         f, u = self.features, self.unprompted
         held = [f.image_embed, *f.high_res_feats]
         if u is not None:
             held += [u.low_res_logits, u.ious, u.label_map, u.confidence]
-        return _held_bytes(*held)
+        return _held_bytes(*held) + sum(v.nbytes for v in list(self.derived.values()))
 
 
 def image_digest(gray: np.ndarray, mode: str) -> str:
@@ -98,70 +98,6 @@ def image_digest(gray: np.ndarray, mode: str) -> str:
     h.update(f"{mode}|{gray.shape}|{gray.dtype}|".encode())
     h.update(np.ascontiguousarray(gray).data)
     return h.hexdigest()
-
-
-class FeatureCache:
-    """A thread-safe LRU of items by key, bounded by the bytes they hold (``item.nbytes``).
-
-    An item larger than the bound on its own is not kept; 0 bytes keeps nothing.
-    """
-
-    def __init__(self, max_bytes: int):
-        if max_bytes < 0:
-            raise ConfigError(f"feature cache size must be 0 (off) or more, got {max_bytes} bytes",
-                              option="cache_mb")
-        self.max_bytes = max_bytes
-        self._items: OrderedDict = OrderedDict()  # key -> (item, bytes counted)
-        self._lock = threading.Lock()
-        self.nbytes = 0
-        self.hits = 0
-        self.misses = 0
-
-    def get(self, key):
-        with self._lock:
-            entry = self._items.get(key)
-            if entry is None:
-                self.misses += 1
-                return None
-            self.hits += 1
-            self._items.move_to_end(key)
-            return entry[0]
-
-    def put(self, key, item) -> None:
-        with self._lock:
-            self._drop(key)
-            self._store(key, item)
-
-    def recount(self, key, item) -> None:
-        """The item grew (or shrank) since it was put: count it again, evict what no longer fits."""
-        with self._lock:
-            entry = self._items.get(key)
-            if entry is not None and entry[0] is item:
-                self._drop(key)
-                self._store(key, item)
-
-    def _drop(self, key):
-        entry = self._items.pop(key, None)
-        if entry is not None:
-            self.nbytes -= entry[1]
-
-    def _store(self, key, item):
-        size = item.nbytes
-        if size > self.max_bytes:
-            return
-        self._items[key] = (item, size)
-        self.nbytes += size
-        while self.nbytes > self.max_bytes:
-            _, (_, evicted) = self._items.popitem(last=False)
-            self.nbytes -= evicted
-
-    def clear(self) -> None:
-        with self._lock:
-            self._items.clear()
-            self.nbytes = 0
-
-    def __len__(self):
-        return len(self._items)
 
 
 def _read_only(a: np.ndarray | None) -> np.ndarray | None:
@@ -172,24 +108,22 @@ def _read_only(a: np.ndarray | None) -> np.ndarray | None:
 
 
 class SemanticPredictor:
-    """The model plus its preprocessing and feature cache; safe to share between threads.
+    """The model plus its preprocessing and frame cache; safe to share between threads.
 
-    ``cache_bytes`` bounds the feature cache (0 disables it); ``bf16`` None picks bf16 autocast
+    ``cache`` is the frame cache to keep encoded frames in (the pipeline's one cache); without
+    one, a cache of ``cache_bytes`` is made (0 disables it). ``bf16`` None picks bf16 autocast
     where it is faster (see :func:`use_bf16`).
     """
 
     def __init__(self, model: SemanticSAM2, preprocess: str = "stretch", cache_bytes: int = DEFAULT_CACHE_BYTES,
-                 bf16: bool | None = None, *, encoder=None, batch_size: int = DEFAULT_BATCH):
+                 bf16: bool | None = None, cache: FrameCache | None = None, *, encoder=None):
         self.model = model.eval()
         self.preprocess = check_mode(preprocess)
         self.device = next(model.parameters()).device
         self.bf16 = use_bf16(bf16, self.device)
-        self.cache = FeatureCache(cache_bytes)
+        self.cache = cache if cache is not None else FrameCache(cache_bytes)
         # Another runtime's encode_image ([B,3,S,S] -> ImageFeatures), or None: the model's own.
         self.encoder = encoder
-        if batch_size < 1:
-            raise ConfigError(f"encode batch must be 1 or more, got {batch_size}", option="encode_batch")
-        self.batch_size = int(batch_size)
         self.encoder_calls = 0  # frames encoded
         self.decoder_calls = 0
         self._lock = threading.RLock()  # one forward pass at a time on the one model
@@ -209,11 +143,12 @@ class SemanticPredictor:
 
     def encode_batch(self, grays, batch_size: int | None = None) -> list:
         """Grey frames -> their EncodedImage, in order. Frames the cache holds come from it; the
-        others are encoded ``batch_size`` (default: the predictor's) to one encoder call, and a
-        frame given twice is encoded once."""
-        step = self.batch_size if batch_size is None else int(batch_size)
-        if step < 1:
-            raise ConfigError(f"encode batch must be 1 or more, got {step}", option="encode_batch")
+        others are encoded ``batch_size`` to one encoder call (None: all in one), and a frame
+        given twice is encoded once. Each frame's features are copied out of the batch, so one
+        kept frame holds only its own."""
+        step = None if batch_size is None else int(batch_size)
+        if step is not None and step < 1:
+            raise ConfigError(f"encode batch must be 1 or more, got {step}", option="batch")
         keys = [image_digest(g, self.preprocess) for g in grays]
         out = {}
         # Look up under the model lock: a thread that waited for another's encode of the same
@@ -229,6 +164,7 @@ class SemanticPredictor:
                 else:
                     todo[key] = gray
             pending = list(todo.items())
+            step = step or max(1, len(pending))
             for start in range(0, len(pending), step):
                 for encoded in self._encode_frames(pending[start:start + step]):
                     self.cache.put(encoded.key, encoded)

@@ -16,20 +16,21 @@ from PIL import Image
 from sam2oct.errors import ConfigError
 from sam2oct.geometry.images import DEFAULT_MAX_PIXELS
 from sam2oct.model.checkpoint import DEFAULT_CONFIG
-from sam2oct.model.predictor import DEFAULT_BATCH
 from sam2oct.model.preprocessing import PREPROCESS_MODES
 from sam2oct.model.runtime import RUNTIMES
 from sam2oct.model.profiles import PROFILES, parse_class_names
+from sam2oct.serving.replies import CVAT_UI_HELP, DEFAULT as DEFAULT_CVAT_UI, FORMATS as CVAT_UI_FORMATS
 
 LABEL_STYLES = ("names", "index")
 PRECISIONS = ("auto", "bf16", "fp32")
 
 
-def option(default, help, *, env, flag=None, metavar=None, choices=None, bounds=None):
+def option(default, help, *, env, flag=None, metavar=None, choices=None, bounds=None, nuclio_only=False):
     """A field of the options table. ``choices``: the allowed values (lower-cased on the way in);
-    ``bounds``: (type, lowest, highest) for a number."""
+    ``bounds``: (type, lowest, highest) for a number; ``nuclio_only``: a setting of the Nuclio
+    function alone (no cvat-cli ``-p`` parameter)."""
     return field(default=default, metadata={"help": help, "env": env, "flag": flag, "metavar": metavar,
-                                            "choices": choices, "bounds": bounds})
+                                            "choices": choices, "bounds": bounds, "nuclio_only": nuclio_only})
 
 
 @dataclass(frozen=True)
@@ -69,10 +70,6 @@ class PipelineOptions:
         "", "folder of the converted OpenVINO encoder (converted once per checkpoint); empty = "
             "$HF_HOME/sam2oct-openvino (HF_HOME defaults to ~/.cache/huggingface)",
         env="SAM2OCT_OV_CACHE_DIR", flag="--ov-cache-dir", metavar="DIR")
-    encode_batch: int = option(
-        DEFAULT_BATCH, "B-scans encoded in one encoder call where several are at hand (segment of several "
-                       "images, evaluate, decoder-mode finetune)",
-        env="SAM2OCT_ENCODE_BATCH", flag="--encode-batch", metavar="N", bounds=(int, 1, 64))
     cache_mb: float = option(
         2048.0, "memory the per-frame feature cache may hold, in MiB (0 disables it)",
         env="SAM2OCT_CACHE_MB", bounds=(float, 0.0, float(1 << 20)))
@@ -94,6 +91,10 @@ class PipelineOptions:
     snap_px: float = option(
         3.0, "a positive click this many pixels or closer to a layer picks the nearest layer",
         env="SAM2OCT_SNAP_PX", bounds=(float, 0.0, 64.0))
+    # The interactor's reply format (sam2oct/serving/replies.py): each CVAT generation draws only
+    # its own right; cvat-cli functions answer through cvat-sdk, whatever the server's version.
+    cvat_ui: str = option(
+        DEFAULT_CVAT_UI, CVAT_UI_HELP, env="SAM2OCT_CVAT_UI", choices=tuple(CVAT_UI_FORMATS), nuclio_only=True)
 
     def __post_init__(self):
         for f in fields(self):
@@ -140,4 +141,5 @@ OPTION_HELP = _table("help")
 OPTION_ENV = _table("env")  # the Nuclio function's environment variables
 OPTION_FLAGS = _table("flag")  # the command line's flags (options without one are not flags)
 OPTION_METAVARS = _table("metavar")
+NUCLIO_ONLY = tuple(f.name for f in fields(PipelineOptions) if f.metadata["nuclio_only"])
 OPTION_CHOICES = {name: tuple(c for c in choices if c) for name, choices in _table("choices").items()}

@@ -1,7 +1,11 @@
 """The one path from settings to results, shared by every front door.
 
-    options -> device -> checkpoint -> model on its device -> profile -> predictor (feature cache)
-            -> label map -> shapes and masks
+    options -> device -> checkpoint -> model on its device -> profile -> predictor (frame cache)
+            -> label map -> cleaned label map (min-area merge) -> selections, masks and shapes
+
+The cleaned label map is the model's answer at every front door: clicks select from it, masks
+are its pixels, polygons trace it (simplification applies to polygons only) and ``evaluate``
+scores it. It is made once per frame and kept with the frame's features in the one cache.
 
 Nuclio (model_handler.py), the CLI (cli.py) and cvat-cli functions (cvat_function.py) are thin
 adapters over :class:`Pipeline`: they translate their own inputs into ``PipelineOptions`` and
@@ -12,14 +16,16 @@ default lives in ``PipelineOptions``; errors name the option neutrally (``exc.op
 from __future__ import annotations
 
 import hashlib
+import logging
+import threading
 
 import numpy as np
-import shapely
 import torch
 from PIL import Image
 from scipy import ndimage
 
 from sam2oct.geometry import polygons
+from sam2oct.logs import warn_option
 from sam2oct.errors import RequestError
 from sam2oct.geometry.images import gray_from_pil, read_image
 from sam2oct.model.checkpoint import load_config, num_classes_of, read_state_dict
@@ -28,10 +34,14 @@ from sam2oct.model.loading import checkpoint_errors, load_checkpoint
 from sam2oct.geometry.interaction import select
 from sam2oct.model.predictor import EncodedImage, Prediction, SemanticPredictor
 from sam2oct.model.profiles import Profile, resolve_profile
+from sam2oct.geometry.merge import clean_label_map
+from sam2oct.pipeline.cache import FrameCache, FrameResults, copy_shapes
 from sam2oct.model.runtime import build_encoder, check_runtime
-from sam2oct.pipeline.cache import FrameShapes, SmallLRU
 from sam2oct.pipeline.options import PipelineOptions
 from sam2oct.pipeline.results import Interaction, Region
+from sam2oct.pipeline.timing import note, stage
+
+log = logging.getLogger(__name__)
 
 def preflight(options: PipelineOptions) -> Profile:
     """What ``Pipeline(options)`` would refuse, found without building the model (a fraction of a
@@ -46,7 +56,7 @@ def preflight(options: PipelineOptions) -> Profile:
 
 
 
-# A kept grey frame is at most this large (4 Mpx), so the recent files hold 64 MiB at most.
+# A grey frame is kept by its file's digest only up to this size (4 Mpx).
 _RECENT_FILE_BYTES = 16 << 20
 
 
@@ -57,7 +67,6 @@ class Pipeline:
         """``model`` and ``encoder`` (another pipeline's predictor.model and predictor.encoder) share
         what that pipeline built."""
         self.options = options
-        self.warnings = []  # (message, option) pairs the adapter should log, in its own names
         device = resolve_device(options.device)  # first: a device fault is not a checkpoint problem
         self.runtime, encoder_precision = check_runtime(options.runtime, options.precision, device)
         if options.torch_threads:
@@ -67,10 +76,9 @@ class Pipeline:
         model = move_to_device(model, device)
         self.profile = resolve_profile(model.num_classes, options.profile or None, options.class_names or None)
         if not options.profile and self.profile.name == "mgu":
-            self.warnings.append((
-                "the checkpoint has 11 classes and no profile is set, so it runs as 'mgu' (clicks only "
-                "select); if it is the MGU_prompted checkpoint, set the profile to mgu_prompted so clicks, "
-                "box and brush reach the model", "profile"))
+            warn_option(log, "the checkpoint has 11 classes and no profile is set, so it runs as 'mgu' (clicks "
+                        "only select); if it is the MGU_prompted checkpoint, set the profile to mgu_prompted so "
+                        "clicks, box and brush reach the model", "profile")
         self.preprocess = options.preprocess or self.profile.preprocess
         bf16 = None if options.precision == "auto" else options.precision == "bf16"
         if self.runtime == "openvino":
@@ -80,16 +88,17 @@ class Pipeline:
                                         cache_dir=options.ov_cache_dir, threads=options.torch_threads)
         else:
             encoder = None
-        self.predictor = SemanticPredictor(model, self.preprocess, cache_bytes=int(options.cache_mb * (1 << 20)),
-                                           bf16=bf16, encoder=encoder, batch_size=options.encode_batch)
+        # One cache, bounded in bytes: each frame's features with its results, and recent files.
+        self.cache = FrameCache(int(options.cache_mb * (1 << 20)))
+        self.predictor = SemanticPredictor(model, self.preprocess, bf16=bf16, cache=self.cache, encoder=encoder)
         k = self.profile.num_classes
         self.labels = (list(self.profile.class_names) if options.label_style == "names"
                        else [f"OCT_Object_{i}" for i in range(k)])
         # Incoming label names (brush, exports, tracked shapes) may use either naming.
         self.label_index = {f"OCT_Object_{i}": i for i in range(k)}
         self.label_index.update({n: i for i, n in enumerate(self.profile.class_names)})
-        self._shapes = SmallLRU(16)
-        self._recent_files = SmallLRU(4)  # image file digest -> its grey frame
+        self._lock = threading.RLock()  # a frame's results are made once, by one thread
+        self._results_key = ("results", options.min_area, options.simplify, tuple(self.labels))
 
     @property
     def num_classes(self) -> int:
@@ -107,7 +116,8 @@ class Pipeline:
 
     def read_image(self, data: bytes) -> np.ndarray:
         try:
-            return read_image(data, self.options.max_pixels)
+            with stage("decode"):
+                return read_image(data, self.options.max_pixels)
         except RequestError as exc:
             if exc.status == 413:  # the pixel limit is a setting: let the front door name it
                 exc.option = "max_pixels"
@@ -121,22 +131,29 @@ class Pipeline:
         return gray_from_pil(image)
 
     def encode(self, gray: np.ndarray) -> EncodedImage:
-        return self.predictor.encode(gray)
+        calls = self.predictor.encoder_calls
+        with stage("encode") as mark:
+            encoded = self.predictor.encode(gray)
+            if self.predictor.encoder_calls == calls:
+                mark.name = "encode cache hit"
+        return encoded
 
     def encode_batch(self, grays) -> list:
-        """Several grey frames -> their features, ``encode_batch`` frames to one encoder call."""
+        """Several grey frames -> their features, in one encoder call for those not cached."""
         return self.predictor.encode_batch(grays)
 
     def encode_file(self, data: bytes) -> EncodedImage:
         """Image file bytes -> features, as ``encode(read_image(data))``. CVAT resends the frame
         with every click: the last few files' grey frames are kept by the file's digest, so a
         click does not decode the image again (the feature cache then finds its features)."""
-        digest = hashlib.blake2b(data, digest_size=20).digest()
-        gray = self._recent_files.get(digest)
+        digest = ("file", hashlib.blake2b(data, digest_size=20).digest())
+        gray = self.cache.get(digest, count=False)
         if gray is None:
             gray = self.read_image(data)
             if gray.nbytes <= _RECENT_FILE_BYTES:
-                self._recent_files.put(digest, gray)
+                self.cache.put(digest, gray)
+        else:
+            note("decode", "kept from the last request")
         return self.encode(gray)
 
     # --- features to label map -----------------------------------------------------------
@@ -160,32 +177,68 @@ class Pipeline:
             dense[mask] = self.label_index[name]
         return dense
 
-    # --- label map to shapes ---------------------------------------------------------------
+    # --- label map to the cleaned label map and its shapes ---------------------------------
+
+    def clean(self, label_map: np.ndarray) -> np.ndarray:
+        """A label map after the min-area merge (the rule polygons follow): the model's answer."""
+        return clean_label_map(label_map, self.options.min_area)
+
+    def label_map(self, encoded: EncodedImage, prediction: Prediction | None = None) -> np.ndarray:
+        """The cleaned label map of a prediction, by default the frame's unprompted one (made once
+        per frame, read-only). ``evaluate --raw`` scores ``predict(encoded).label_map`` instead."""
+        if prediction is not None:
+            return self.clean(prediction.label_map)
+        return self._results(encoded).label_map
 
     def shapes(self, label_map: np.ndarray) -> list:
-        """Polygons of every layer region, with shared boundaries, named in the reply style."""
-        return polygons.label_map_to_shapes(label_map, self.labels, tolerance=self.options.simplify,
-                                            min_area=self.options.min_area)
+        """Polygons of every layer region of a label map, with shared boundaries, named in the reply
+        style. The min-area merge applies (a cleaned map is traced unchanged)."""
+        with stage("trace"):
+            return polygons.label_map_to_shapes(label_map, self.labels, tolerance=self.options.simplify,
+                                                min_area=self.options.min_area)
 
-    def frame_shapes(self, encoded: EncodedImage, prediction: Prediction) -> list:
-        """The shapes of a frame's unprompted label map, traced once per frame."""
-        if self.profile.prompted:
-            return self.shapes(prediction.label_map)
-        cached = self._shapes.get(encoded.key)
-        if cached is None:
-            cached = FrameShapes(self.shapes(prediction.label_map))
-            self._shapes.put(encoded.key, cached)
-        return cached.shapes
+    def _trace(self, cleaned: np.ndarray):
+        """(shapes, owner) of an already cleaned map (see polygons.trace_label_map)."""
+        return polygons.trace_label_map(cleaned, self.labels, tolerance=self.options.simplify, min_area=0)
+
+    def _results(self, encoded: EncodedImage, traced: bool = False) -> FrameResults:
+        """The frame's unprompted results, made once and kept with its features (one cache entry)."""
+        results = encoded.derived.get(self._results_key)
+        if traced and results is not None and results.shapes is not None:
+            note("trace", "cached")
+        if results is None or (traced and results.shapes is None):
+            with self._lock:
+                results = encoded.derived.get(self._results_key)
+                if results is None:
+                    raw = self.predictor.decode(encoded).label_map
+                    cleaned = self.clean(raw)
+                    cleaned.flags.writeable = False
+                    results = FrameResults(cleaned)
+                if traced and results.shapes is None:
+                    with stage("trace"):
+                        shapes, owner = self._trace(results.label_map)
+                    owner.flags.writeable = False
+                    results.owner, results.shapes = owner, tuple(shapes)
+                encoded.derived[self._results_key] = results
+                self.cache.recount(encoded.key, encoded)
+        return results
+
+    def frame_shapes(self, encoded: EncodedImage) -> list:
+        """The polygons of the frame's cleaned label map, traced once per frame; a copy the caller
+        may change."""
+        return copy_shapes(self._results(encoded, traced=True).shapes)
 
     def cached_shapes(self, encoded: EncodedImage):
-        """The frame's traced shapes as cached (None if they are not): their ``memo`` dict is
-        where a front door keeps what it derives from those very objects (their JSON, say),
-        dropped with them."""
-        return self._shapes.get(encoded.key)
+        """The frame's traced results as cached (None if not traced yet): ``shapes`` (never handed
+        out: callers get copies, whose ``source`` is one of them) and ``memo``, where a front door
+        keeps what it derives from those very shapes (their JSON, say), dropped with them."""
+        results = encoded.derived.get(self._results_key)
+        return None if results is None or results.shapes is None else results
 
     def interact(self, encoded: EncodedImage, pos, neg, bbox=None, brush=(), *, confidence=False,
                  shapes=False) -> Interaction:
-        """Clicks (image pixels, already inside the frame) -> the layers they pick.
+        """Clicks (image pixels, already inside the frame) -> the layers they pick, from the
+        cleaned label map.
 
         ``brush``: [(label name, [H, W] bool), ...] painted prompts (used by mgu_prompted only).
         ``confidence`` adds the picked mask's mean probability; ``shapes`` the polygons of every
@@ -200,66 +253,107 @@ class Pipeline:
             labels = np.r_[np.ones(len(pos)), np.zeros(len(neg))] if points is not None else None
             prediction = self.predict(encoded, points=points, point_labels=labels, box=bbox, dense_labels=dense,
                                       confidence=confidence)
+            cleaned = self.clean(prediction.label_map)
             prompts, brush_note = "model", ("used" if brush else None)
         else:
             prediction = self.predict(encoded, confidence=confidence)  # memoised: clicks cannot change it
+            cleaned = self.label_map(encoded)
             prompts = "selection"
             brush_note = (f"ignored: the {self.profile.name} checkpoint was not trained with brush prompts"
                           if brush else None)
-        sel = select(prediction.label_map, pos, neg, bbox, snap=self.options.snap_px)
+        sel = select(cleaned, pos, neg, bbox, snap=self.options.snap_px)
         score = None
         if confidence and sel.mask.any():
             score = float(prediction.confidence[sel.mask].mean())
         return Interaction(
-            shapes=self._selection_shapes(encoded, prediction, sel.label_map, neg, bbox) if shapes else None,
+            shapes=self._selection_shapes(encoded, cleaned, sel.label_map, neg, bbox) if shapes else None,
             mask=sel.mask, label_map=sel.label_map, picked=sel.picked,
             labels=[self.labels[k] for k in sel.picked], ignored_clicks=sel.ignored_clicks,
             snapped_clicks=sel.snapped_clicks, prompts=prompts, brush=brush_note, score=score,
             reason="" if sel.mask.any() else sel.reason,
         )
 
-    def _selection_shapes(self, encoded, prediction, label_map, neg, bbox) -> list:
+    def _selection_shapes(self, encoded, cleaned, selected, neg, bbox) -> list:
         """Polygons of every layer left after the box and negative clicks (the CVAT-OCT fork's reply).
 
-        Without a box the frame's traced shapes serve: a negative click drops the shapes under
-        it, so a click only selects among shapes traced once per frame.
+        Without a box the frame's traced shapes serve: a negative click removes whole regions of
+        the cleaned map (interaction.select), so the shapes kept are those whose pixels it left,
+        by pixel ownership, exactly as ``regions()`` assigns pixels to shapes.
         """
         if bbox is not None or self.profile.prompted:
-            return self.shapes(label_map)
-        shapes = self.frame_shapes(encoded, prediction)
+            return self._trace(selected)[0]
+        results = self._results(encoded, traced=True)
         if not len(neg):
-            return shapes
-        outlines = np.array([shapely.Polygon(s["points"]) for s in shapes])
-        hit = np.zeros(len(shapes), dtype=bool)
-        for x, y in neg:
-            hit |= shapely.intersects_xy(outlines, x, y)
-        return [s for s, h in zip(shapes, hit) if not h]
+            return copy_shapes(results.shapes)
+        removed = np.unique(results.owner[(selected == 0) & (cleaned != 0)])
+        dropped = np.zeros(len(results.shapes) + 1, bool)
+        dropped[removed] = True
+        return copy_shapes(s for i, s in enumerate(results.shapes, 1) if not dropped[i])
 
     def regions(self, encoded: EncodedImage, threshold: float | None = None, *,
                 prediction: Prediction | None = None) -> list:
-        """Every connected layer region of the frame, as a polygon and the pixels it holds.
+        """Every connected layer region of the cleaned label map (each polygon piece of it: a region
+        around a hole is cut in pieces), as its polygon and exactly the map's pixels it holds.
 
-        The masks of one frame never overlap: each pixel goes to the one polygon holding its
-        centre, so they partition the frame exactly as the polygons tile it. ``threshold`` drops
-        regions whose mean class probability is below it. ``prediction`` (a prompted one, from
-        :meth:`predict`) replaces the frame's unprompted label map.
+        The masks of one frame never overlap and together are the cleaned map's layer pixels.
+        ``threshold`` drops regions whose mean class probability is below it. ``prediction`` (from
+        :meth:`predict`, prompted or not) replaces the frame's unprompted label map; without a
+        confidence map (``predict(..., confidence=True)``) its regions have no score (None).
         """
         if prediction is None:
-            prediction = self.predictor.decode(encoded, confidence=True)
-            shapes = self.frame_shapes(encoded, prediction)
+            results = self._results(encoded, traced=True)
+            shapes, owner = results.shapes, results.owner
+            confidence = self.predictor.decode(encoded, confidence=True).confidence
         else:
-            shapes = self.shapes(prediction.label_map)
-        owner = polygons.rasterize_shapes(shapes, prediction.label_map.shape)
+            shapes, owner = self._trace(self.clean(prediction.label_map))
+            confidence = prediction.confidence
+        if threshold is not None and confidence is None:
+            raise ValueError("a score threshold needs the prediction's confidence map: "
+                             "predict(..., confidence=True)")
         out = []
         for i, box in enumerate(ndimage.find_objects(owner)):
             if box is None:
                 continue
             region = owner[box] == i + 1
-            score = float(prediction.confidence[box][region].mean())
+            score = None if confidence is None else float(confidence[box][region].mean())
             if threshold is not None and score < threshold:
                 continue
             label = shapes[i]["label"]
-            out.append(Region(self.labels.index(label), label, shapes[i]["points"], region,
+            out.append(Region(self.labels.index(label), label, [list(p) for p in shapes[i]["points"]], region,
+                              (box[1].start, box[0].start), score))
+        return out
+
+    def layers(self, encoded: EncodedImage, threshold: float | None = None, *,
+               prediction: Prediction | None = None) -> list:
+        """One mask per layer of the cleaned label map (all its regions: a CVAT mask may hold
+        several parts), cropped to the layer's box, with its largest polygon as ``points``.
+
+        ``threshold`` drops layers whose mean class probability is below it; ``prediction`` as
+        in :meth:`regions`.
+        """
+        if prediction is None:
+            results = self._results(encoded, traced=True)
+            cleaned, shapes, owner = results.label_map, results.shapes, results.owner
+            confidence = self.predictor.decode(encoded, confidence=True).confidence
+        else:
+            cleaned = self.clean(prediction.label_map)
+            (shapes, owner), confidence = self._trace(cleaned), prediction.confidence
+        if threshold is not None and confidence is None:
+            raise ValueError("a score threshold needs the prediction's confidence map: "
+                             "predict(..., confidence=True)")
+        sizes = np.bincount(owner.ravel(), minlength=len(shapes) + 1)
+        out = []
+        for k, box in enumerate(ndimage.find_objects(cleaned), 1):  # label k at index k - 1
+            if box is None:
+                continue
+            mask = cleaned[box] == k
+            score = None if confidence is None else float(confidence[box][mask].mean())
+            if threshold is not None and score < threshold:
+                continue
+            label = self.labels[k]
+            pieces = [i for i, s in enumerate(shapes) if s["label"] == label]
+            largest = max(pieces, key=lambda i: sizes[i + 1])
+            out.append(Region(k, label, [list(p) for p in shapes[largest]["points"]], mask,
                               (box[1].start, box[0].start), score))
         return out
 
@@ -275,9 +369,7 @@ class Pipeline:
 
     def release_memory(self) -> None:
         """Drop cached features and shapes (and the CUDA allocator's spare blocks)."""
-        self.predictor.cache.clear()
-        self._shapes.clear()
-        self._recent_files.clear()
+        self.cache.clear()
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
 

@@ -24,7 +24,8 @@ def _env_table() -> dict:
     table = {}
     for option, env in OPTION_ENV.items():
         default = defaults[option]
-        meaning = OPTION_HELP[option] + (" (required)" if option == "checkpoint" else "")
+        meaning = OPTION_HELP[option] + (" (unset: the released one in the Hugging Face cache)"
+                                         if option == "checkpoint" else "")
         table[env] = (None if default is None else str(default), meaning)
     table.update(_NUCLIO_ONLY)
     return table

@@ -70,7 +70,8 @@ class FinetuneOptions:
     augmentation: AugmentOptions = field(default_factory=AugmentOptions)
 
     def resolved(self) -> "FinetuneOptions":
-        """The options with every default filled in (what the report records)."""
+        """The options with every default filled in (what the report records); checked first."""
+        check_options(self)
         enc, dec = DEFAULT_LR[self.mode]
         return replace(
             self,
@@ -168,13 +169,20 @@ class _Examples:
             out.append(int(self._order.pop()))
         return out
 
-    def draw(self, index, augmented=True):
+    def view(self, index, augmented=True):
+        """(gray, labels, geometry) of one (augmented) draw of a sample."""
         s = self.samples[index]
         gray, labels = s.gray, s.labels
         if augmented and self.o.augment:
             gray, labels = augment(gray, labels, self.rng, self.o.augmentation)
-        geo = FrameGeometry.for_image(*gray.shape, size=self.size, mode=self.o.preprocess)
-        target, valid = _targets(labels, geo, self.k)
+        return gray, labels, FrameGeometry.for_image(*gray.shape, size=self.size, mode=self.o.preprocess)
+
+    def targets(self, labels, geo):
+        return _targets(labels, geo, self.k)
+
+    def draw(self, index, augmented=True):
+        gray, labels, geo = self.view(index, augmented)
+        target, valid = self.targets(labels, geo)
         return model_input(gray, geo)[0], target, valid
 
 
@@ -227,7 +235,9 @@ def train(model, samples, o: FinetuneOptions, callback=None, progress=False, *, 
             else:
                 picks = [cache[i][int(examples.rng.integers(len(cache[i])))] for i in idx]
                 features = _cat_features([f for f, _, _ in picks])
-                target, valid = _stack([(t, v) for _, t, v in picks], device)
+                # Targets are built per step from the cached label map: a [K,S,S] float target
+                # per view would hold ~40 MB each at S=1024 (18 GiB for a 97-B-scan volume).
+                target, valid = _stack([examples.targets(labels, geo) for _, labels, geo in picks], device)
             low_res, ious = model.decode(features)
             logits = F.interpolate(low_res, size=target.shape[-2:], mode="bilinear", align_corners=False)
             loss, parts = total_loss(logits, ious, target, valid, o.loss)
@@ -256,18 +266,22 @@ def train(model, samples, o: FinetuneOptions, callback=None, progress=False, *, 
 
 @torch.no_grad()
 def _encode_views(encode, examples: _Examples, views: int, device, batch: int = 1):
-    """Decoder mode: per image, features and targets of the original and views-1 augmented copies,
-    encoded ``batch`` views to one ``encode`` call (views drawn in the same order either way)."""
+    """Decoder mode: per image, (features, label map, geometry) of the original and views-1
+    augmented copies, the label map in the smallest integer type that holds it; encoded ``batch``
+    views to one ``encode`` call, the views drawn in the same order whatever the batch."""
     pairs = [(i, v) for i in range(len(examples.samples)) for v in range(views)]
     cache = [[] for _ in examples.samples]
     for start in range(0, len(pairs), max(1, batch)):
-        # Drawn a chunk at a time (inputs are 12 MB each at 1024 px), in the same order as one by one.
-        chunk = [(i, *examples.draw(i, augmented=v > 0)) for i, v in pairs[start:start + batch]]
+        chunk = []  # drawn a chunk at a time: model inputs are 12 MB each at 1024 px
+        for i, v in pairs[start:start + max(1, batch)]:
+            gray, labels, geo = examples.view(i, augmented=v > 0)
+            labels = np.ascontiguousarray(labels, dtype=np.min_scalar_type(max(int(labels.max()), 0)))
+            chunk.append((i, model_input(gray, geo)[0], labels, geo))
         features = encode(torch.stack([x for _, x, _, _ in chunk]).to(device))
-        for j, (i, _, target, valid) in enumerate(chunk):
+        for j, (i, _, labels, geo) in enumerate(chunk):
             one = ImageFeatures(features.image_embed[j:j + 1].clone(),
                                 [level[j:j + 1].clone() for level in features.high_res_feats])
-            cache[i].append((one, target, valid))
+            cache[i].append((one, labels, geo))
     return cache
 
 

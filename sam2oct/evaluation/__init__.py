@@ -1,0 +1,1 @@
+"""Measuring segmentations: scores against annotations and layer thickness (thickness/)."""
