@@ -29,6 +29,7 @@ import torch
 from sam2oct.errors import ConfigError
 from sam2oct.model.cpu_features import cpu_signature, require_bf16
 from sam2oct.model.encoder_cache import EntryCache
+from sam2oct.model.malloc_arenas import cap_malloc_arenas
 from sam2oct.model.modeling.semantic_sam2 import ImageFeatures
 
 log = logging.getLogger(__name__)
@@ -152,6 +153,7 @@ class OpenVINOEncoder:
         if precision == "bf16":
             require_bf16()
         self.ov = _openvino()
+        cap_malloc_arenas()  # before OpenVINO's threads first allocate (see malloc_arenas)
         self.precision = precision
         self.image_size = int(model.image_size)
         self.cache = EntryCache(default_cache_dir() if cache_dir is None else cache_dir)
