@@ -321,3 +321,20 @@ def test_training_only_extras_may_be_missing(tmp_path, tiny_sd, tiny_model, refe
     x, (ref_logits, ref_ious) = reference
     logits, ious = run(model, x)
     assert torch.equal(logits, ref_logits) and torch.equal(ious, ref_ious)
+
+
+def test_weights_come_from_the_checkpoint_not_from_initialisation(tmp_path, tiny_sd):
+    """Loading skips drawing random weights: every tensor equals the file's, what an inference-only
+    checkpoint leaves out (memory modules) is zeros, not leftover memory, and a network built
+    afterwards is random again (the initialisers are back)."""
+    dropped = {k: v for k, v in tiny_sd.items() if not k.startswith(("memory_encoder.", "maskmem_tpos_enc"))}
+    assert len(dropped) < len(tiny_sd)
+    model = load_model(save(tmp_path, {"model_state": dropped}), TINY_CONFIG)
+    state = model.state_dict()
+    for k, v in dropped.items():
+        assert torch.equal(state[k], v), k
+    left_out = [k for k in state if k not in dropped]
+    assert left_out and all(not state[k].any() for k in left_out)
+    fresh = build_model(9, TINY_CONFIG).state_dict()
+    linear = "sam_mask_decoder.iou_prediction_head.layers.0.weight"
+    assert fresh[linear].std() > 0 and not torch.equal(fresh[linear], state[linear])

@@ -4,10 +4,12 @@ Every way a file can be the wrong one fails here, at load time, naming the file 
 never run with random or cloned weights.
 """
 
+import contextlib
 import hashlib
 import json
 import pickle
 import re
+import threading
 import zipfile
 from importlib import resources
 from pathlib import Path
@@ -139,14 +141,42 @@ def load_config(config=None):
     return model_cfg
 
 
-def build_model(num_classes: int, config=None) -> SemanticSAM2:
-    """Build the network (random weights) for K classes from a SAM 2 config."""
+def build_model(num_classes: int, config=None, *, init: bool = True) -> SemanticSAM2:
+    """Build the network for K classes from a SAM 2 config: random weights, or with ``init``
+    False, weights left as allocated (uninitialised memory) for a state dict to fill."""
     cfg = load_config(config)
     cfg._target_ = f"{SemanticSAM2.__module__}.{SemanticSAM2.__qualname__}"
     for key, value in SEMANTIC_OVERRIDES.items():
         cfg[key] = value
     cfg.pop("sam_mask_decoder_extra_args", None)
-    return instantiate(cfg, num_classes=num_classes, _recursive_=True)
+    with contextlib.nullcontext() if init else _no_weight_init():
+        return instantiate(cfg, num_classes=num_classes, _recursive_=True)
+
+
+_INIT_LOCK = threading.Lock()
+
+
+@contextlib.contextmanager
+def _no_weight_init():
+    """torch.nn.init's in-place initialisers as no-ops while the network is built: drawing random
+    weights for Hiera B+ took over half a second of every start, only to be overwritten by the
+    checkpoint. Modules call them through the torch.nn.init module at construction, so replacing
+    the module's functions reaches them all (sam2's own trunc_normal_ calls fill parameters the
+    checkpoint also holds). Process-wide while it lasts, hence the lock."""
+    names = [n for n in vars(torch.nn.init) if n.endswith("_") and not n.startswith("_")]
+    with _INIT_LOCK:
+        saved = {n: getattr(torch.nn.init, n) for n in names}
+        try:
+            for n in names:
+                setattr(torch.nn.init, n, _leave)
+            yield
+        finally:
+            for n, f in saved.items():
+                setattr(torch.nn.init, n, f)
+
+
+def _leave(tensor, *args, **kwargs):
+    return tensor
 
 
 _TRUNK = "image_encoder.trunk."
@@ -291,7 +321,13 @@ def load_model(path, config=None, device="cpu") -> SemanticSAM2:
     verify_recorded_checksum(path)
     sd = read_state_dict(path)
     k = num_classes_of(sd, path)
-    model = build_model(k, config)
+    model = build_model(k, config, init=False)
     check_state_dict(model, sd, path, config or DEFAULT_CONFIG)
     model.load_state_dict(sd, strict=False)
+    # What the checkpoint may leave out (modules the forward pass never uses, see
+    # _UNUSED_PREFIXES) was never initialised: zeros, not leftover memory.
+    with torch.no_grad():
+        for name, t in [*model.named_parameters(), *model.named_buffers()]:
+            if name not in sd:
+                t.zero_()
     return (model if device is None else model.to(device)).eval()

@@ -31,7 +31,7 @@ def check_profile_file(path, profile_name: str) -> None:
     k = num_classes_of(sd, path)
     if k != profile.num_classes:
         raise CheckpointError(f"{path}: has {k} classes, but profile {profile_name} has {profile.num_classes}")
-    check_state_dict(build_model(k), sd, path)
+    check_state_dict(build_model(k, init=False), sd, path)
 
 
 def stored_key(profile_name: str) -> str:
@@ -161,7 +161,7 @@ def convert(src, dst, config=None) -> dict:
     """Write a slim, weights-only copy (no optimizer state) that loads faster."""
     sd = read_state_dict(src)
     k = num_classes_of(sd, src)
-    check_state_dict(build_model(k, config), sd, src, config or DEFAULT_CONFIG)
+    check_state_dict(build_model(k, config, init=False), sd, src, config or DEFAULT_CONFIG)
     dst = Path(dst)
     dst.parent.mkdir(parents=True, exist_ok=True)
     tmp = dst.with_name(dst.name + ".partial")

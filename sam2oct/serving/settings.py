@@ -17,6 +17,11 @@ _NUCLIO_ONLY = {
     "SAM2OCT_MAX_POINTS": ("64", "most clicks (and brush masks) accepted in one request"),
     "SAM2OCT_WARMUP": ("1", "1 runs one dummy request at start-up so the first click is fast"),
 }
+# Read by glibc at process start, and by sam2oct.model.malloc_arenas, which leaves it alone if set.
+_PROCESS = {
+    "MALLOC_ARENA_MAX": (None, "glibc's limit on malloc arenas; unset, a worker that encodes with OpenVINO "
+                               "keeps 2 (its resident memory then stays flat, docs/cpu.md)"),
+}
 
 
 def _env_table() -> dict:
@@ -28,6 +33,7 @@ def _env_table() -> dict:
                                          if option == "checkpoint" else "")
         table[env] = (None if default is None else str(default), meaning)
     table.update(_NUCLIO_ONLY)
+    table.update(_PROCESS)
     return table
 
 
