@@ -19,6 +19,11 @@ weights, image size 1024) as well. For scale, two more rows: torch fp32 on the f
 JPEG round trip (quality 95, and 70: CVAT's default image quality for a task's frames), and
 torch bf16 autocast (what precision auto already takes on recent GPUs).
 
+Encoder alone: the seconds per B-scan of those same encodes (median over the images, after one
+untimed encode), the encoder's speed-up, and the whole-process speed-up it allows: the torch fp32
+run's time less its encodes, plus each variant's encodes (an upper bound: OpenVINO's load is not
+counted). It says how far the whole-process figures can go with this encoder on this CPU.
+
 Not a test: it prints figures, it asserts nothing.
 """
 
@@ -113,13 +118,14 @@ def timing(args, ckpt, cache_dir, work: Path) -> None:
     for v in vs:
         m = statistics.median(times[v])
         print(f"{label(v):<42}{m:>10.1f}{base / m:>9.2f}x")
+    return {v: statistics.median(t) for v, t in times.items()}
 
 
 def agreement(name, ckpt, config, images, cache_dir, threads) -> None:
     grays = [read_image(Path(p).read_bytes()) for p in images]
     print(f"\n== label agreement with torch fp32: {name} ==")
     model = None
-    results = {}
+    results, encode_s = {}, {}
     # torch bf16 (autocast) too: the precision the GPU path's auto already takes, for comparison.
     for v in variants() + [("torch", "bf16")]:
         opts = PipelineOptions(checkpoint=str(ckpt), config=str(config) if config else DEFAULT_CONFIG,
@@ -127,14 +133,18 @@ def agreement(name, ckpt, config, images, cache_dir, threads) -> None:
                                torch_threads=threads)
         pipeline = Pipeline(opts, model=model)
         model = pipeline.predictor.model
-        maps, feats = [], []
+        maps, feats, seconds = [], [], []
+        pipeline.encode(grays[-1])  # untimed: the first inference allocates its working memory
         for g in grays:
+            t0 = time.perf_counter()
             encoded = pipeline.encode(g)
+            seconds.append(time.perf_counter() - t0)
             feats.append([encoded.features.image_embed, *encoded.features.high_res_feats])
             maps.append(pipeline.predict(encoded).label_map)
         enc = pipeline.predictor.encoder
         runs_as = f"torch {'bf16' if pipeline.predictor.bf16 else 'fp32'}" if enc is None else f"openvino {enc.precision}"
         results[v] = (maps, feats, runs_as)
+        encode_s[v] = statistics.median(seconds)
     # For scale: torch fp32 on the same frames after a JPEG round trip, as CVAT serves a task's
     # frames (its default image quality is 70): how much the labels move for a change of the
     # input that deployments already accept.
@@ -159,6 +169,26 @@ def agreement(name, ckpt, config, images, cache_dir, threads) -> None:
         err = max(float((x.double() - y.double()).norm() / y.double().norm())
                   for fs, rs in zip(feats, ref_feats) for x, y in zip(fs, rs))
         print(f"{label(v):<42}{runs_as:<16}{100 * equal / total:>13.3f}%{100 * worst:>12.3f}%{err:>17.2e}")
+    return encode_s
+
+
+def encoder_alone(encode_s, whole, n_images) -> None:
+    """The encoder's own speed-up, and the whole-process speed-up it allows: the rest of a
+    torch fp32 run (imports, loading, decoding, polygons, writing) is taken as it is and only
+    the encodes are replaced, which is an upper bound (OpenVINO's load adds to the rest)."""
+    base = encode_s[BASE]
+    rest = whole[BASE] - n_images * base if whole else None
+    print(f"\n== the encoder alone (one process, seconds per B-scan, median of {n_images}) ==")
+    if rest is not None:
+        print(f"torch fp32 whole process {whole[BASE]:.1f} s = {n_images} encodes x {base:.2f} s "
+              f"+ {rest:.1f} s of everything else")
+    head = f"{'variant':<42}{'encode s':>10}{'speed-up':>10}"
+    print(head + (f"{'whole-process ceiling':>23}" if rest is not None else ""))
+    for v in variants() + [("torch", "bf16")]:
+        line = f"{label(v):<42}{encode_s[v]:>10.2f}{base / encode_s[v]:>9.2f}x"
+        if rest is not None:
+            line += f"{whole[BASE] / (rest + n_images * encode_s[v]):>22.2f}x"
+        print(line)
 
 
 def jpeg_round_trip(gray: np.ndarray, quality: int) -> np.ndarray:
@@ -185,9 +215,10 @@ def main():
         work = Path(tmp)
         cache_dir = work / "ov-cache"
         ckpt = random_checkpoint(work)
-        if not args.skip_timing:
-            timing(args, ckpt, cache_dir, work)
-        agreement("Hiera B+, random weights (seed 0), K=9", ckpt, None, args.images, cache_dir, args.threads)
+        whole = None if args.skip_timing else timing(args, ckpt, cache_dir, work)
+        encode_s = agreement("Hiera B+, random weights (seed 0), K=9", ckpt, None, args.images, cache_dir,
+                             args.threads)
+        encoder_alone(encode_s, whole, len(args.images))
         agreement("tiny fixture checkpoint (tests/fixtures/parity/tiny_k9)", *FIXTURE, args.images, cache_dir,
                   args.threads)
 

@@ -364,3 +364,16 @@ def test_missing_openvino_is_a_clear_error(monkeypatch, small_model, tmp_path):
     with pytest.raises(ConfigError) as err:
         OpenVINOEncoder(model, "fp32", cache_dir=tmp_path)
     assert err.value.option == "runtime" and "requirements-cpu.txt" in str(err.value)
+
+
+def test_malloc_arena_cap_respects_the_environment(monkeypatch):
+    import platform
+
+    from sam2oct.model import malloc_arenas
+
+    monkeypatch.setattr(malloc_arenas, "_applied", False)
+    monkeypatch.setenv("MALLOC_ARENA_MAX", "8")
+    assert malloc_arenas.cap_malloc_arenas() is False  # the admin's setting wins; nothing changed
+    assert malloc_arenas._applied is False
+    monkeypatch.delenv("MALLOC_ARENA_MAX")
+    assert malloc_arenas.cap_malloc_arenas() is (platform.libc_ver()[0] == "glibc")
