@@ -58,22 +58,22 @@ class ModelHandler:
         if self.settings.mode == "detector":
             return json.dumps(self.infer(body))
         req = self._interactor_request(body)
-        picked, encoded = self._interaction(req)
+        picked, encoded = self._interaction(req, shared=True)  # serialised here, never changed
         return replies.reply_json(self.settings.options.cvat_ui, picked, req.threshold,
                                   lambda shapes: self._shapes_json(shapes, self.pipeline.cached_shapes(encoded)))
 
     def _shapes_json(self, shapes, cached) -> str:
         """JSON of the fork's polygons. A frame's traced shapes are the same on every click
         (serialising thousands of them was most of a warm click's time), so their texts are kept
-        with them in the pipeline's frame cache and leave with them. A reply holds copies of them
-        (``source``: the cached shape); other shapes (traced for a box, say) are serialised as
-        they come."""
+        with them in the pipeline's frame cache and leave with them. ``shapes`` holds cached shapes
+        themselves (asked for ``shared``) or copies of them (``source``: the cached shape); other
+        shapes (traced for a box, say) are serialised as they come."""
         texts = {}
         if cached is not None:
             texts = cached.memo.get("json")
             if texts is None:
                 texts = cached.memo["json"] = {id(shape): json.dumps(shape) for shape in cached.shapes}
-        return "[" + ", ".join(texts.get(id(getattr(shape, "source", None))) or json.dumps(shape)
+        return "[" + ", ".join(texts.get(id(getattr(shape, "source", shape))) or json.dumps(shape)
                                for shape in shapes) + "]"
 
     def interact(self, req: cvat_request.InteractorRequest) -> dict:
@@ -81,8 +81,9 @@ class ModelHandler:
         picked, _ = self._interaction(req)
         return replies.reply(self.settings.options.cvat_ui, picked, req.threshold)
 
-    def _interaction(self, req: cvat_request.InteractorRequest):
-        """What the request's clicks pick (with what the reply format needs) and the encoded frame."""
+    def _interaction(self, req: cvat_request.InteractorRequest, shared=False):
+        """What the request's clicks pick (with what the reply format needs) and the encoded frame;
+        ``shared``: the polygons as cached (Pipeline.interact), for a reply that only reads them."""
         p = self.pipeline
         encoded = p.encode_file(req.image)
         h, w = encoded.geometry.height, encoded.geometry.width
@@ -91,7 +92,8 @@ class ModelHandler:
         bbox = cvat_request.fit_bbox(req.bbox, h, w)
         brush = [(name, self._brush_mask(i, name, rle, h, w)) for i, (name, rle) in enumerate(req.brush)]
         fmt = replies.FORMATS[self.settings.options.cvat_ui]
-        picked = p.interact(encoded, pos, neg, bbox, brush, confidence=fmt.confidence, shapes=fmt.polygons)
+        picked = p.interact(encoded, pos, neg, bbox, brush, confidence=fmt.confidence, shapes=fmt.polygons,
+                            shared=shared)
         if not picked.mask.any() and fmt.name == "current":  # a 200 with no shapes: say why here
             self.log.info(f"sam2-oct: no retinal layer picked: {picked.reason}")
         return picked, encoded

@@ -236,13 +236,15 @@ class Pipeline:
         return None if results is None or results.shapes is None else results
 
     def interact(self, encoded: EncodedImage, pos, neg, bbox=None, brush=(), *, confidence=False,
-                 shapes=False) -> Interaction:
+                 shapes=False, shared=False) -> Interaction:
         """Clicks (image pixels, already inside the frame) -> the layers they pick, from the
         cleaned label map.
 
         ``brush``: [(label name, [H, W] bool), ...] painted prompts (used by mgu_prompted only).
         ``confidence`` adds the picked mask's mean probability; ``shapes`` the polygons of every
-        layer left after the box and negative clicks.
+        layer left after the box and negative clicks: copies the caller may change or, with
+        ``shared``, the frame's cached shapes themselves where they serve (for a caller that only
+        reads them, to serialise a reply: copying thousands of them cost more than the reply).
         """
         geo = encoded.geometry
         pos = np.asarray(pos, dtype=np.float64).reshape(-1, 2)
@@ -266,14 +268,14 @@ class Pipeline:
         if confidence and sel.mask.any():
             score = float(prediction.confidence[sel.mask].mean())
         return Interaction(
-            shapes=self._selection_shapes(encoded, cleaned, sel.label_map, neg, bbox) if shapes else None,
+            shapes=self._selection_shapes(encoded, cleaned, sel.label_map, neg, bbox, shared) if shapes else None,
             mask=sel.mask, label_map=sel.label_map, picked=sel.picked,
             labels=[self.labels[k] for k in sel.picked], ignored_clicks=sel.ignored_clicks,
             snapped_clicks=sel.snapped_clicks, prompts=prompts, brush=brush_note, score=score,
             reason="" if sel.mask.any() else sel.reason,
         )
 
-    def _selection_shapes(self, encoded, cleaned, selected, neg, bbox) -> list:
+    def _selection_shapes(self, encoded, cleaned, selected, neg, bbox, shared=False) -> list:
         """Polygons of every layer left after the box and negative clicks (the CVAT-OCT fork's reply).
 
         Without a box the frame's traced shapes serve: a negative click removes whole regions of
@@ -283,12 +285,13 @@ class Pipeline:
         if bbox is not None or self.profile.prompted:
             return self._trace(selected)[0]
         results = self._results(encoded, traced=True)
+        hand_out = list if shared else copy_shapes
         if not len(neg):
-            return copy_shapes(results.shapes)
+            return hand_out(results.shapes)
         removed = np.unique(results.owner[(selected == 0) & (cleaned != 0)])
         dropped = np.zeros(len(results.shapes) + 1, bool)
         dropped[removed] = True
-        return copy_shapes(s for i, s in enumerate(results.shapes, 1) if not dropped[i])
+        return hand_out(s for i, s in enumerate(results.shapes, 1) if not dropped[i])
 
     def regions(self, encoded: EncodedImage, threshold: float | None = None, *,
                 prediction: Prediction | None = None) -> list:
