@@ -21,6 +21,11 @@ def empty_hub_cache(monkeypatch, tmp_path_factory):
     empty = str(tmp_path_factory.getbasetemp() / "hf-hub-cache-empty")
     monkeypatch.setenv("HF_HUB_CACHE", empty)  # a subprocess's huggingface_hub reads it at import
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", empty)  # this process's read it already
+    # HF_HOME too: the OpenVINO encoder's default cache lives there, and the tests' conversions of
+    # small models belong in the test run's folder (shared by its tests), not the machine's.
+    home = str(tmp_path_factory.getbasetemp() / "hf-home")
+    monkeypatch.setenv("HF_HOME", home)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HOME", home)
 
 
 @pytest.fixture(scope="session")
