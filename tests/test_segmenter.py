@@ -230,7 +230,7 @@ class FakeHub:
 
 @pytest.fixture
 def fake_hub(monkeypatch):
-    monkeypatch.setattr(hub, "build_model", lambda k, config=None: checkpoint.build_model(k, TINY_CONFIG))
+    monkeypatch.setattr(hub, "build_model", lambda k, config=None, **kw: checkpoint.build_model(k, TINY_CONFIG, **kw))
 
     def install(payload=TINY_CKPT, **kw):
         fake = FakeHub(payload, **kw)

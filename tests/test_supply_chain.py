@@ -184,7 +184,7 @@ class FakeHub:
 @pytest.fixture
 def tiny_builder(monkeypatch):
     """The load check builds the tiny config's model (a real nr206 file is 880 MB)."""
-    monkeypatch.setattr(hub, "build_model", lambda k, config=None: checkpoint.build_model(k, TINY_CONFIG))
+    monkeypatch.setattr(hub, "build_model", lambda k, config=None, **kw: checkpoint.build_model(k, TINY_CONFIG, **kw))
 
 
 def fake_hub(monkeypatch, payload, **kw) -> FakeHub:

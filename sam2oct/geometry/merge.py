@@ -19,17 +19,23 @@ def clean_label_map(label_map, min_area):
     (the rule of ``label_map_to_shapes``), painted back to a raster of the input's shape and
     dtype. ``min_area`` 0 or 1 changes nothing (a copy is still returned).
     """
-    labels = np.asarray(label_map)
-    if labels.ndim != 2 or labels.size == 0:
-        raise ValueError(f"label_map must be a non-empty 2-D array, got shape {labels.shape}")
-    if labels.dtype.kind not in "iu":
-        raise ValueError(f"label_map must hold integer class indices, got {labels.dtype}")
+    labels = as_label_raster(label_map)
     if min_area < 0:
         raise ValueError("min_area must be >= 0")
     if min_area <= 1:  # every region has at least one pixel
         return labels.copy()
     runs, _ = merge_small_regions(Runs.of_raster(labels), min_area)
     return paint(runs, labels.dtype)
+
+
+def as_label_raster(label_map) -> np.ndarray:
+    """``label_map`` as an array, refused unless it is a non-empty 2-D array of integers."""
+    labels = np.asarray(label_map)
+    if labels.ndim != 2 or labels.size == 0:
+        raise ValueError(f"label_map must be a non-empty 2-D array, got shape {labels.shape}")
+    if labels.dtype.kind not in "iu":
+        raise ValueError(f"label_map must hold integer class indices, got {labels.dtype}")
+    return labels
 
 
 def paint(runs, dtype):

@@ -26,7 +26,7 @@ import numpy as np
 import rasterio.features
 import shapely
 
-from sam2oct.geometry.merge import merge_small_regions, paint
+from sam2oct.geometry.merge import as_label_raster, merge_small_regions, paint
 from sam2oct.geometry.runs import Runs, components, hole_counts, region_values
 from sam2oct.geometry.trace import cut_holes, exterior_points, hole_spans, trace
 
@@ -141,11 +141,7 @@ def flatten_points(points):
 
 
 def _check_label_map(label_map, n_classes):
-    labels = np.asarray(label_map)
-    if labels.ndim != 2 or labels.size == 0:
-        raise ValueError(f"label_map must be a non-empty 2-D array, got shape {labels.shape}")
-    if labels.dtype.kind not in "iu":
-        raise ValueError(f"label_map must hold integer class indices, got {labels.dtype}")
+    labels = as_label_raster(label_map)
     if n_classes < 1:
         raise ValueError("class_names must name at least the background class 0")
     low, high = labels.min(), labels.max()
