@@ -9,6 +9,7 @@ ROOT = Path(__file__).resolve().parents[1]
 PARITY_DIR = ROOT / "tests" / "fixtures" / "parity"
 TINY_CKPT = PARITY_DIR / "tiny_k9.pt"
 TINY_CONFIG = PARITY_DIR / "tiny_k9.yaml"
+TINY = ["--checkpoint", str(TINY_CKPT), "--config", str(TINY_CONFIG)]  # the CLI flags that load it
 DATA = ROOT / "tests" / "data"
 
 

@@ -21,7 +21,7 @@ from PIL import Image
 import sam2oct.model.checkpoint
 import sam2oct.model.hub
 import sam2oct.pipeline.pipeline
-from conftest import ROOT, TINY_CKPT, TINY_CONFIG
+from conftest import ROOT, TINY, TINY_CKPT, TINY_CONFIG
 from sam2oct import cli
 from sam2oct.cli import flags
 from sam2oct.model.checkpoint import build_model, load_model
@@ -35,7 +35,6 @@ from sam2oct.model.predictor import SemanticPredictor
 NR206 = ["background", "NFL", "GCL+IPL", "INL", "OPL", "ONL", "ELM+IS", "OS", "RPE"]
 SYNTH = ROOT / "tests" / "data" / "bscan_768x496_s1.png"
 SPECTRALIS = ROOT / "tests" / "data" / "spectralis" / "Willis_B_716_0_bscan_u8.png"
-TINY = ["--checkpoint", str(TINY_CKPT), "--config", str(TINY_CONFIG)]
 
 
 def run_cli(*args, **env):

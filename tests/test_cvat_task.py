@@ -8,7 +8,7 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
-from conftest import TINY_CKPT, TINY_CONFIG
+from conftest import TINY
 from PIL import Image
 from test_cli import NR206, one_line_error
 from volume_files import build_vol
@@ -18,7 +18,6 @@ from sam2oct import cli
 from sam2oct.data.cvat_bundle import mask_rle
 from sam2oct.data.volumes.reader import read_volume
 
-TINY = ["--checkpoint", str(TINY_CKPT), "--config", str(TINY_CONFIG)]
 
 
 @pytest.fixture(scope="module")

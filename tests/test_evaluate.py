@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import DATA, ROOT, TINY_CKPT, TINY_CONFIG
+from conftest import DATA, ROOT, TINY
 import sam2oct.cli.evaluate
 from sam2oct import cli
 from sam2oct.data.samples import Dataset, Sample, rasterize
@@ -121,7 +121,6 @@ def run_cli(*args):
                           capture_output=True, text=True, timeout=300)
 
 
-TINY = ["--checkpoint", str(TINY_CKPT), "--config", str(TINY_CONFIG)]
 
 
 def test_user_errors_end_in_one_line_before_the_model_loads(tmp_path, monkeypatch, capsys):

@@ -7,7 +7,7 @@ import math
 
 import numpy as np
 import pytest
-from conftest import TINY_CKPT, TINY_CONFIG
+from conftest import TINY
 from PIL import Image
 from test_cli import NR206, one_line_error, run_cli
 from volume_files import CIRCLE_VOL, build_vol, rewrite_header, write_dicom_opt
@@ -15,7 +15,6 @@ from volume_files import CIRCLE_VOL, build_vol, rewrite_header, write_dicom_opt
 from sam2oct import cli
 from sam2oct.data.volumes.reader import read_volume
 
-TINY = ["--checkpoint", str(TINY_CKPT), "--config", str(TINY_CONFIG)]
 
 
 @pytest.fixture(scope="module")
